@@ -17,6 +17,7 @@ setup(
         "soundfile>=0.12",
         "soxr>=0.3",
         "scipy>=1.10",
+        "cachetools",
         "omegaconf>=2.3",
         "tqdm>=4.60",
         "pyarrow>=14",

@@ -1,42 +1,61 @@
-"""Whole-length audio features for Qwen2.5-Omni: the one place that decides the processor's audio kwargs.
+"""Whole, unpadded audio features for Qwen2.5-Omni: the one place that decides how clips become features.
 
 Stock behaviour (transformers 5.10): ``Qwen2_5OmniProcessor.__call__`` forces ``padding="max_length"``
 on the Whisper feature extractor, whose ``max_length`` defaults to ``n_samples`` (``chunk_length`` = 30 s)
 and whose ``truncation`` defaults to True, so a 90 s clip is silently cut to 30 s and a 10 s clip is
 padded to 30 s. Placeholder counts follow ``feature_attention_mask``, so they always match what the audio
-encoder produces; the problem is only which audio survives.
+encoder produces; the problem is which audio survives and how much padding travels with it.
 
-What we do, by configuration only (no transformers class is patched):
+One definition of "the features of these clips", used by every path (verl's processor calls, the rollout):
 
-* ``audio_processor_kwargs(audios)``: ``{"sampling_rate": sr, "audio_kwargs": {"truncation": False,
-  "max_length": longest clip}}``: nothing is cut and clips are padded only to the longest clip of the
-  call (a single clip is not padded at all). Without ``audios`` it returns the static form (no
-  ``max_length``): nothing is cut, clips are padded to ``n_samples``. Never pass ``max_length`` or
-  ``truncation`` as top-level processor kwargs: they would reach the tokenizer too.
-* ``prepare_omni_processor(processor)``: for calls with default kwargs: raises the extractor's
-  ``chunk_length`` (hence ``n_samples``) to at least ``MAX_AUDIO_SECONDS`` and turns audio truncation off
-  through the tokenizer's init kwargs (the processor takes modality defaults from them; text truncation is
-  off by default anyway), so default calls pad to ``n_samples`` but never cut. ``chunk_length`` is also
-  what serving engines read as the longest clip to budget for.
+* each call zero-pads its clips to ``padded_audio_length(longest clip)`` samples, truncation off: nothing
+  is cut, and a clip's features do not depend on how long the other clips of the call are (see
+  ``padded_audio_length``);
+* a clip of n samples gets ``audio_frames(n)`` = ceil(n / 160) mel frames (what ``feature_attention_mask``
+  marks) and ``audio_placeholder_count`` of them become ``<|AUDIO|>`` tokens (25 per second);
+* ``input_features`` / ``feature_attention_mask`` are cut to the frames of the longest clip of the call:
+  padding only ever comes from batching clips of different lengths.
+
+Entry points:
+
+* ``WholeAudioOmniProcessor``: what ``load_omni_processor`` (and so verl's ``hf_processor``) returns. Its
+  ``__call__`` applies the rule whatever audio kwargs the caller passes (verl passes only ``sampling_rate``);
+  it saves and reports itself as the stock ``Qwen2_5OmniProcessor``.
+* ``extract_audio_features(feature_extractor, clips)``: the same features without text (the rollout).
+* ``audio_processor_kwargs(audios)``: the per-call kwargs the rule amounts to, for a stock processor.
+* ``prepare_omni_processor(processor)``: also makes the checkpoint's own defaults keep whole clips
+  (``chunk_length`` >= ``MAX_AUDIO_SECONDS``, audio truncation off through the tokenizer's init kwargs),
+  so a saved processor loaded by stock transformers never cuts audio; ``chunk_length`` is also what
+  serving engines read as the longest clip to budget for.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import transformers
-from transformers import AutoTokenizer, Qwen2_5OmniProcessor, Qwen2VLImageProcessorPil, WhisperFeatureExtractor
+from transformers import (
+    AutoTokenizer,
+    BatchFeature,
+    Qwen2_5OmniProcessor,
+    Qwen2VLImageProcessorPil,
+    WhisperFeatureExtractor,
+)
 from transformers.utils import PushToHubMixin, is_torchvision_available
 
 SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # mel frames: 100 per second
 AUDIO_TOKENS_PER_SECOND = 25  # conv1 (stride 1) -> conv2 (stride 2) -> avg-pool (stride 2)
 MAX_AUDIO_SECONDS = 120  # ALR questions are 40-110 s
+#: zero hops past a clip's last frame that make its frames independent of any further padding
+_GUARD_HOPS = 2
+#: the audio kwargs the whole-audio rule sets on every call (whatever the caller passed for them)
+_FORCED_AUDIO_KEYS = ("max_length", "truncation", "return_attention_mask")
 
 
 def audio_placeholder_count(feature_frames: int) -> int:
@@ -45,9 +64,29 @@ def audio_placeholder_count(feature_frames: int) -> int:
     return (after_conv - 2) // 2 + 1
 
 
+def audio_frames(num_samples: int) -> int:
+    """Mel frames of a clip of ``num_samples`` (what ``feature_attention_mask`` marks): ceil(n / 160)."""
+    if num_samples <= 0:
+        raise ValueError("empty audio clip")
+    return -(-num_samples // HOP_LENGTH)
+
+
+def padded_audio_length(num_samples: int) -> int:
+    """Samples a call zero-pads its clips to when its longest clip has ``num_samples``.
+
+    The extractor's STFT is centred (a 400-sample window, reflect padding at both ends of the padded
+    signal) and its log-mel floor is the spectrogram's maximum minus 8. With two hops of zeros past a
+    clip's last marked frame, the marked frames see only the clip and zeros (the reflected tail is zeros
+    too) and every later frame is silence, which cannot raise the maximum; so a clip's features are the
+    same for this padding and for any longer one (the 120 s window, a longer clip in the same call).
+    Padding to exactly n samples would instead mark floor(n / 160) frames and reflect the clip's end.
+    """
+    return (audio_frames(num_samples) + _GUARD_HOPS) * HOP_LENGTH
+
+
 def audio_tokens_for_samples(num_samples: int) -> int:
-    """Placeholders for one clip of ``num_samples`` at 16 kHz processed unpadded (``audio_processor_kwargs``)."""
-    return audio_placeholder_count(num_samples // HOP_LENGTH)
+    """Placeholders for one clip of ``num_samples`` at 16 kHz."""
+    return audio_placeholder_count(audio_frames(num_samples))
 
 
 def expected_audio_tokens(feature_attention_mask: torch.Tensor) -> list[int]:
@@ -64,21 +103,133 @@ def check_audio_placeholders(input_ids: torch.Tensor, feature_attention_mask: to
     return have
 
 
-def audio_processor_kwargs(
-    audios: Sequence[np.ndarray] | None = None, *, sampling_rate: int = SAMPLING_RATE
-) -> dict[str, Any]:
-    """Kwargs for ``processor(text=..., audio=audios, **kwargs)`` that keep every clip whole (see module doc)."""
-    audio_kwargs: dict[str, Any] = {"truncation": False, "return_attention_mask": True}
-    if audios:
-        longest = max(len(np.asarray(a).reshape(-1)) for a in audios)
-        if longest == 0:
-            raise ValueError("empty audio clip")
-        audio_kwargs["max_length"] = longest
+def clip_lengths(audio: Any) -> list[int]:
+    """Samples per clip of a processor's ``audio`` argument (one clip or a batch, read as Whisper's extractor does)."""
+    if isinstance(audio, np.ndarray) and audio.ndim > 1:
+        clips = list(audio)
+    elif isinstance(audio, (list, tuple)) and len(audio) > 0 and isinstance(audio[0], (np.ndarray, list, tuple)):
+        clips = list(audio)
+    elif isinstance(audio, (list, tuple)) and len(audio) == 0:
+        raise ValueError("no audio clips")
+    else:
+        clips = [audio]
+    return [int(np.asarray(clip).size) for clip in clips]
+
+
+def whole_audio_kwargs(audio: Any) -> dict[str, Any]:
+    """The audio kwargs of the whole-audio rule for the clips in ``audio`` (see module doc)."""
+    return {
+        "max_length": padded_audio_length(max(clip_lengths(audio))),
+        "truncation": False,
+        "return_attention_mask": True,
+    }
+
+
+def audio_processor_kwargs(audios: Any = None, *, sampling_rate: int = SAMPLING_RATE) -> dict[str, Any]:
+    """Kwargs for ``processor(text=..., audio=audios, **kwargs)`` that apply the whole-audio rule.
+
+    ``WholeAudioOmniProcessor`` applies them by itself; this is for stock processors and feature extractors.
+    Without ``audios`` it returns the static form (no ``max_length``): nothing is cut, but a stock processor
+    pads to ``n_samples``. ``max_length`` and ``truncation`` are never top-level: they would reach the
+    tokenizer too.
+    """
+    if audios is None:
+        audio_kwargs: dict[str, Any] = {"truncation": False, "return_attention_mask": True}
+    else:
+        audio_kwargs = whole_audio_kwargs(audios)
     return {"sampling_rate": sampling_rate, "audio_kwargs": audio_kwargs}
 
 
 #: the static form, for configs that cannot see the clips (e.g. verl's ``mm_processor_kwargs``)
 WHOLE_AUDIO_KWARGS: dict[str, Any] = audio_processor_kwargs()
+
+
+def _cut(value: Any, frames: int) -> Any:
+    if hasattr(value, "shape"):  # torch / numpy
+        return value[..., :frames]
+    return [np.asarray(v)[..., :frames] for v in value]  # return_tensors=None may give a list of arrays
+
+
+def cut_to_marked_frames(features: Any) -> Any:
+    """Drop the trailing frames that no clip marks, from ``input_features`` and its mask (in place; returns it).
+
+    The guard hops of ``padded_audio_length`` (and any ``pad_to_multiple_of``) leave unmarked frames after the
+    longest clip; the thinker ignores them, so they are only memory.
+    """
+    mask_key = "feature_attention_mask" if "feature_attention_mask" in features else "attention_mask"
+    frames = int(np.asarray(features[mask_key]).sum(-1).max())
+    for key in ("input_features", mask_key):
+        features[key] = _cut(features[key], frames)
+    return features
+
+
+def extract_audio_features(feature_extractor: Any, audios: Any, *, sampling_rate: int | None = None) -> BatchFeature:
+    """``input_features`` (clips, mels, frames) and ``feature_attention_mask`` (clips, frames) of ``audios``.
+
+    Exactly what ``WholeAudioOmniProcessor`` puts into a call with these clips: padded to the longest clip
+    (``padding="max_length"``, as the Omni processor always asks), cut to its marked frames.
+    """
+    sr = int(feature_extractor.sampling_rate if sampling_rate is None else sampling_rate)
+    out = feature_extractor(
+        audios, sampling_rate=sr, padding="max_length", return_tensors="pt", **whole_audio_kwargs(audios)
+    )
+    features = BatchFeature({"input_features": out["input_features"], "feature_attention_mask": out["attention_mask"]})
+    return cut_to_marked_frames(features)
+
+
+def _whole_audio_call_kwargs(kwargs: Mapping[str, Any], audio: Any) -> dict[str, Any]:
+    """A processor call's ``kwargs`` with the whole-audio audio kwargs forced in.
+
+    A flat kwarg reaches every modality that takes it, and the processor refuses one that is also in
+    ``audio_kwargs``: flat ``max_length`` / ``truncation`` / ``return_attention_mask`` are meant for the
+    text, so they move to ``text_kwargs``.
+    """
+    kwargs = dict(kwargs)
+    forced = whole_audio_kwargs(audio)
+    kwargs["audio_kwargs"] = {**(kwargs.get("audio_kwargs") or {}), **forced}
+    text_kwargs = dict(kwargs.get("text_kwargs") or {})
+    for key in forced:
+        if key in kwargs:
+            if key in text_kwargs:
+                raise ValueError(f"{key!r} passed both as a keyword and in text_kwargs")
+            text_kwargs[key] = kwargs.pop(key)
+    if text_kwargs:
+        kwargs["text_kwargs"] = text_kwargs
+    return kwargs
+
+
+class WholeAudioOmniProcessor(Qwen2_5OmniProcessor):
+    """``Qwen2_5OmniProcessor`` whose calls keep every clip whole and pad only to the longest clip of the call.
+
+    Whatever audio kwargs a caller passes (verl passes only ``sampling_rate``), ``max_length``,
+    ``truncation`` and ``return_attention_mask`` follow the whole-audio rule, and the features are cut to
+    the longest clip's frames. Everything else is the stock processor.
+    """
+
+    def __call__(self, text: Any = None, images: Any = None, videos: Any = None, audio: Any = None, **kwargs: Any):
+        if audio is None:
+            return super().__call__(text=text, images=images, videos=videos, **kwargs)
+        kwargs = _whole_audio_call_kwargs(kwargs, audio)
+        return cut_to_marked_frames(super().__call__(text=text, images=images, videos=videos, audio=audio, **kwargs))
+
+    @classmethod
+    def from_processor(cls, processor: Qwen2_5OmniProcessor) -> WholeAudioOmniProcessor:
+        """The same parts (shared, not copied) behind this class's ``__call__``."""
+        if isinstance(processor, cls):
+            return processor
+        return cls(
+            image_processor=processor.image_processor,
+            video_processor=processor.video_processor,
+            feature_extractor=processor.feature_extractor,
+            tokenizer=processor.tokenizer,
+            chat_template=processor.chat_template,
+        )
+
+
+# ProcessorMixin writes the class name into processor_config.json and tokenizer_config.json
+# (``processor_class``) and verl dispatches on it, so the class goes by the stock name: a saved
+# checkpoint reloads with stock transformers. pickle (Ray) finds the class by ``__qualname__``, unchanged.
+WholeAudioOmniProcessor.__name__ = Qwen2_5OmniProcessor.__name__
 
 
 def whole_audio_feature_extractor(max_seconds: int = MAX_AUDIO_SECONDS) -> WhisperFeatureExtractor:
@@ -103,8 +254,11 @@ def disable_audio_truncation(tokenizer: Any) -> None:
     tokenizer.init_kwargs["truncation"] = False
 
 
-def prepare_omni_processor(processor: Any, *, max_seconds: int | None = None) -> Any:
-    """Make ``processor`` keep whole clips with default kwargs (in place; returns it). See module doc."""
+def prepare_omni_processor(processor: Any, *, max_seconds: int | None = None) -> WholeAudioOmniProcessor:
+    """``processor``'s parts behind ``WholeAudioOmniProcessor``, with whole-clip defaults (module doc).
+
+    The parts are changed in place and shared with ``processor``.
+    """
     fe = getattr(processor, "feature_extractor", None)
     if not isinstance(fe, WhisperFeatureExtractor):
         raise TypeError(f"expected a processor with a WhisperFeatureExtractor, got {type(fe).__name__}")
@@ -116,7 +270,7 @@ def prepare_omni_processor(processor: Any, *, max_seconds: int | None = None) ->
     fe.nb_max_frames = fe.n_samples // fe.hop_length
     fe.return_attention_mask = True
     disable_audio_truncation(processor.tokenizer)
-    return processor
+    return WholeAudioOmniProcessor.from_processor(processor)
 
 
 # Without torchvision, `transformers.BaseVideoProcessor` is the placeholder class the processor checks against.
@@ -176,7 +330,8 @@ def _assemble_without_torchvision(path: Path) -> Qwen2_5OmniProcessor:
 
 
 def load_omni_processor(path: str | Path, *, max_seconds: int | None = None, prepare: bool = True) -> Any:
-    """Load a Qwen2.5-Omni processor from a local directory and (unless ``prepare=False``) prepare it.
+    """Load a Qwen2.5-Omni processor from a local directory: a ``WholeAudioOmniProcessor`` (see
+    ``prepare_omni_processor``), or with ``prepare=False`` the stock processor exactly as the files say.
 
     With torchvision this is ``AutoProcessor.from_pretrained``. Without it, where ``AutoProcessor`` cannot
     load any Qwen2.5-Omni processor (its video processor needs torchvision), the same parts are assembled

@@ -1,0 +1,246 @@
+"""Every upstream patch verl-audio needs, in one place: idempotent, version-gated, logged.
+
+``apply_all()`` runs the functions in ``PATCHES`` in order (``verl_audio.plugin`` calls it at
+``import verl``, in every process). Each function returns True when its patch is in place (applied
+now or before) and False when it does not apply here (other versions); it raises when it should
+apply but cannot. Each patched upstream symbol is listed in ``verl_audio.upstream.REQUIRED``, which
+the drift-guard test checks. To add a patch: write ``patch_<name>() -> bool`` below and append it
+to ``PATCHES``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: the verl release these patches were written against; on any other they are not applied
+VERL_VERSION = "0.9.1"
+#: attribute set on every wrapper we install, holding the wrapped original
+ORIGINAL_ATTR = "__verl_audio_original__"
+#: names of the patches in place in this process
+APPLIED: list[str] = []
+
+
+def verl_version_ok(name: str) -> bool:
+    """Whether the installed verl is the one the patches were written for; logs a warning if not."""
+    installed = version("verl")
+    if installed != VERL_VERSION:
+        logger.warning("verl-audio: patch %s skipped: written for verl %s, found %s", name, VERL_VERSION, installed)
+        return False
+    return True
+
+
+def _install(owner: Any, attr: str, wrapper: Callable[..., Any], original: Callable[..., Any]) -> None:
+    """Set ``owner.attr = wrapper`` and rebind modules that already imported ``original`` by name."""
+    setattr(wrapper, ORIGINAL_ATTR, original)
+    setattr(owner, attr, wrapper)
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith(("verl.", "torch.")) and getattr(module, attr, None) is original:
+            setattr(module, attr, wrapper)
+
+
+def _on_cpu_platform() -> bool:
+    from verl.utils.device import get_device_name
+
+    return get_device_name() == "cpu"
+
+
+# --- 1. process-group backend on CPU ------------------------------------------------------------
+# verl builds the backend string f"cpu:gloo,{device}:{backend}", which on the CPU platform is
+# "cpu:gloo,cpu:gloo", and torch rejects the duplicate device type. The wrapper passes plain
+# "cpu:gloo" when the caller gave no backend and the platform is CPU; otherwise it calls verl's
+# function unchanged. `engine_workers` and `checkpoint_engine` import the function by name, so it
+# must be in place before they are imported (the plugin runs at `import verl`, which is early
+# enough), and `_install` also rebinds any module that imported it already.
+# Can go when verl stops naming the device twice for a CPU platform.
+
+
+def patch_cpu_process_group_backend() -> bool:
+    """Make ``verl.utils.distributed.initialize_global_process_group_ray`` use ``cpu:gloo`` on CPU."""
+    name = "cpu_process_group_backend"
+    if not verl_version_ok(name):
+        return False
+    import verl.utils.distributed as dist_utils
+
+    original = dist_utils.initialize_global_process_group_ray
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def initialize_global_process_group_ray(*args: Any, **kwargs: Any) -> Any:
+        backend_given = len(args) > 1 or kwargs.get("backend") is not None
+        if not backend_given and _on_cpu_platform():
+            kwargs["backend"] = "cpu:gloo"
+        return original(*args, **kwargs)
+
+    _install(dist_utils, "initialize_global_process_group_ray", initialize_global_process_group_ray, original)
+    logger.info("verl-audio: patched verl.utils.distributed.initialize_global_process_group_ray (cpu:gloo on CPU)")
+    return True
+
+
+# --- 2. FSDP1 `sync_module_states=True` with CPU tensors -----------------------------------------
+# verl's FSDP1 path hard-codes sync_module_states=True; torch refuses it when the module is on CPU
+# ("requires them to be on GPU") although the broadcast it guards runs over gloo just fine. On the
+# CPU platform the check is skipped; everywhere else torch's check runs unchanged. FSDP2 does not
+# need this. Can go when torch accepts CPU module states with a CPU-capable process group.
+
+
+def patch_fsdp1_cpu_sync_module_states() -> bool:
+    """Let FSDP1 broadcast module states from rank 0 over gloo on the CPU platform."""
+    name = "fsdp1_cpu_sync_module_states"
+    if not verl_version_ok(name):
+        return False
+    import torch.distributed.fsdp._init_utils as fsdp_init
+
+    original = fsdp_init._check_module_states_for_sync_module_states
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def _check_module_states_for_sync_module_states(*args: Any, **kwargs: Any) -> None:
+        if _on_cpu_platform():
+            return None
+        return original(*args, **kwargs)
+
+    _install(fsdp_init, "_check_module_states_for_sync_module_states", _check_module_states_for_sync_module_states,
+             original)
+    logger.info("verl-audio: patched torch FSDP1 sync_module_states check (skipped on the CPU platform)")
+    return True
+
+
+# --- 3. hf_processor for Qwen2.5-Omni checkpoints -----------------------------------------------
+# verl's `hf_processor` binds a model's get_rope_index only for the processor classes it lists; for
+# `Qwen2_5OmniProcessor` it raises "Unsupported processor type" inside its own try and returns None,
+# so audio prompts would silently become text prompts. The wrapper serves local Omni checkpoint
+# directories with `verl_audio.models.omni_processor.load_verl_processor` and calls verl's function
+# unchanged for everything else. It is imported by name in several places (`verl.utils`,
+# `verl.utils.tokenizer`, `verl.workers.config.model`, `verl.model_merger.*`), all rebound by
+# `_install`. A Hydra `model._target_` subclass would not reach the model merger or the direct
+# `HFModelConfig(...)` calls, hence a patch. Can go when verl's hf_processor knows Qwen2.5-Omni.
+
+
+def patch_omni_hf_processor() -> bool:
+    """Make ``verl.utils.tokenizer.tokenizer.hf_processor`` return the Omni processor for Omni checkpoints."""
+    name = "omni_hf_processor"
+    if not verl_version_ok(name):
+        return False
+    import verl.utils.tokenizer.tokenizer as tokenizer_utils
+
+    from verl_audio.models.omni_processor import omni_aware_hf_processor
+
+    original = tokenizer_utils.hf_processor
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+    _install(tokenizer_utils, "hf_processor", omni_aware_hf_processor(original), original)
+    logger.info("verl-audio: patched verl hf_processor (Qwen2.5-Omni checkpoints get the Omni processor)")
+    return True
+
+
+# --- 4. FSDP1 "load to device" on CPU -------------------------------------------------------------
+# verl's `load_fsdp_model_to_gpu` moves FSDP1 flat parameters to f"{device_name}:{device_id}", which on
+# the CPU platform is "cpu:cpu" (the device id must be "cpu" for verl's other `.to(get_device_id())`
+# calls). verl calls it before every FSDP1 checkpoint save and weight export. On CPU the parameters
+# already live on the device, so the wrapper does nothing there; FSDP2 and other platforms run verl's
+# function unchanged. Can go when verl builds the device string from `get_device_id()` alone.
+
+
+def patch_fsdp1_load_to_cpu_device() -> bool:
+    """Make ``verl.utils.fsdp_utils.load_fsdp_model_to_gpu`` a no-op for FSDP1 on the CPU platform."""
+    name = "fsdp1_load_to_cpu_device"
+    if not verl_version_ok(name):
+        return False
+    import verl.utils.fsdp_utils as fsdp_utils
+
+    original = fsdp_utils.load_fsdp_model_to_gpu
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def load_fsdp_model_to_gpu(model: Any, *args: Any, **kwargs: Any) -> Any:
+        if _on_cpu_platform() and fsdp_utils.fsdp_version(model) == 1:
+            return None
+        return original(model, *args, **kwargs)
+
+    _install(fsdp_utils, "load_fsdp_model_to_gpu", load_fsdp_model_to_gpu, original)
+    logger.info("verl-audio: patched verl.utils.fsdp_utils.load_fsdp_model_to_gpu (FSDP1 no-op on CPU)")
+    return True
+
+
+# --- 5. forward-only / offloaded FSDP engines on CPU -----------------------------------------------
+# verl's `_build_fsdp_module` forces host offload for forward-only engines (the reference policy) and
+# for FSDP2 `offload_policy`: FSDP1 `CPUOffload(offload_params=True)`, FSDP2
+# `CPUOffloadPolicy(pin_memory=True)`. Both pin host memory, which needs an accelerator ("Cannot
+# access accelerator device when none is available"). On the CPU platform the parameters already
+# live in host memory, so during that call verl gets FSDP1 `CPUOffload(offload_params=False)` and
+# FSDP2 `CPUOffloadPolicy(pin_memory=False)`; the names are swapped back right after. Elsewhere
+# verl's method runs untouched. Can go when verl skips pinning when the device is the host.
+
+
+@contextmanager
+def _host_offload_without_pinning(impl: Any) -> Iterator[None]:
+    import torch.distributed.fsdp as fsdp
+
+    policy_cls, offload_cls = impl.CPUOffloadPolicy, fsdp.CPUOffload
+
+    def cpu_offload_policy(*args: Any, **kwargs: Any) -> Any:
+        return policy_cls(*args, **{**kwargs, "pin_memory": False})
+
+    def cpu_offload(*args: Any, **kwargs: Any) -> Any:
+        return offload_cls(offload_params=False)
+
+    impl.CPUOffloadPolicy, fsdp.CPUOffload = cpu_offload_policy, cpu_offload
+    try:
+        yield
+    finally:
+        impl.CPUOffloadPolicy, fsdp.CPUOffload = policy_cls, offload_cls
+
+
+def patch_cpu_fsdp_host_offload() -> bool:
+    """Build verl's FSDP modules without pinned host offload on the CPU platform."""
+    name = "cpu_fsdp_host_offload"
+    if not verl_version_ok(name):
+        return False
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    original = impl.FSDPEngine._build_fsdp_module
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def _build_fsdp_module(self: Any, module: Any) -> Any:
+        build = getattr(_build_fsdp_module, ORIGINAL_ATTR)
+        if not _on_cpu_platform():
+            return build(self, module)
+        with _host_offload_without_pinning(impl):
+            return build(self, module)
+
+    setattr(_build_fsdp_module, ORIGINAL_ATTR, original)
+    impl.FSDPEngine._build_fsdp_module = _build_fsdp_module
+    logger.info("verl-audio: patched verl FSDPEngine._build_fsdp_module (no pinned host offload on CPU)")
+    return True
+
+
+#: applied in this order by `apply_all`
+PATCHES: list[Callable[[], bool]] = [
+    patch_cpu_process_group_backend,
+    patch_fsdp1_cpu_sync_module_states,
+    patch_omni_hf_processor,
+    patch_fsdp1_load_to_cpu_device,
+    patch_cpu_fsdp_host_offload,
+]
+
+
+def apply_all() -> list[str]:
+    """Apply every patch in ``PATCHES`` (idempotent); return the names now in place."""
+    for patch in PATCHES:
+        name = patch.__name__.removeprefix("patch_")
+        if patch() and name not in APPLIED:
+            APPLIED.append(name)
+    return list(APPLIED)

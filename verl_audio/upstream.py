@@ -1,0 +1,144 @@
+"""The upstream (verl, transformers, torch) symbols verl-audio relies on, with the parameters it uses.
+
+The drift-guard test imports each symbol and fails when it is gone or when one of the listed
+parameters is no longer accepted, so an upgrade of verl or transformers shows at once what to
+revisit. Add an entry wherever new code calls, wraps or subclasses an upstream symbol.
+
+Each entry is ``(module, qualified name, parameter names)``. The names must all be accepted by the
+callable, in that order (other parameters may sit between them). ``None`` instead of a tuple checks
+only that the symbol exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+Requirement = tuple[str, str, tuple[str, ...] | None]
+
+REQUIRED: list[Requirement] = [
+    # --- platform + engine registration (verl_audio.platform, verl_audio.plugin) ---
+    ("verl.plugin.platform", "PlatformRegistry.register", ("platform",)),
+    ("verl.plugin.platform", "PlatformRegistry.get", ("name",)),
+    ("verl.plugin.platform", "set_platform", ("platform",)),
+    ("verl.plugin.platform", "PlatformBase", None),
+    ("verl.workers.engine.base", "EngineRegistry.register", ("model_type", "backend", "device", "vendor")),
+    ("verl.workers.engine.base", "EngineRegistry.get_engine_cls", ("model_type", "backend")),
+    ("verl.workers.engine.base", "EngineRegistry._engines", None),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead", None),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithValueHead", None),
+    # --- patches (verl_audio.patches) ---
+    ("verl.utils.distributed", "initialize_global_process_group_ray", ("timeout_second", "backend")),
+    ("torch.distributed.fsdp._init_utils", "_check_module_states_for_sync_module_states", ("module_states",)),
+    ("verl.utils.fsdp_utils", "load_fsdp_model_to_gpu", ("model",)),
+    ("verl.utils.fsdp_utils", "fsdp_version", ("model",)),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module", ("self", "module")),
+    ("verl.workers.engine.fsdp.transformer_impl", "CPUOffloadPolicy", ("pin_memory",)),
+    ("torch.distributed.fsdp", "CPUOffload", ("offload_params",)),
+    # --- the Omni thinker engine (verl_audio.models.omni_engine) ---
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_module", ("self",)),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.initialize", ("self",)),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.save_checkpoint",
+     ("self", "local_path", "hdfs_path", "global_step", "max_ckpt_to_keep")),
+    ("verl.workers.config", "HFModelConfig",
+     ("path", "model_type", "override_config", "enable_gradient_checkpointing", "use_remove_padding",
+      "lora_rank", "use_liger", "use_fused_kernels")),
+    ("verl.workers.config", "FSDPEngineConfig",
+     ("forward_only", "strategy", "wrap_policy", "offload_policy", "model_dtype", "mixed_precision",
+      "ulysses_sequence_parallel_size")),
+    ("verl.utils.fsdp_utils", "get_init_weight_context_manager", ("use_meta_tensor", "mesh")),
+    ("verl.models.transformers.monkey_patch", "apply_monkey_patch",
+     ("model", "ulysses_sp_size", "use_remove_padding", "use_fused_kernels", "fused_kernels_backend")),
+    ("verl.utils.torch_dtypes", "PrecisionType.to_dtype", ("precision",)),
+    # multi_modal_inputs are merged per micro-batch by this; audio keys are padded on the last dim
+    ("verl.utils.model", "extract_multi_modal_inputs", ("batch_data", "indices")),
+    ("verl.utils.model", "_VARLEN_MULTI_MODAL_KEYS", None),
+    ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained",
+     ("pretrained_model_name_or_path",)),
+    ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.forward",
+     ("self", "input_ids", "input_features", "attention_mask", "feature_attention_mask", "position_ids")),
+    ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.get_rope_index",
+     ("self", "input_ids", "image_grid_thw", "video_grid_thw", "attention_mask", "use_audio_in_video",
+      "audio_seqlens")),
+    ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.gradient_checkpointing_enable",
+     ("self", "gradient_checkpointing_kwargs")),
+    # --- the Omni processor verl gets (verl_audio.models.omni_processor, patches.patch_omni_hf_processor) ---
+    ("verl.utils.tokenizer.tokenizer", "hf_processor", ("name_or_path",)),
+    # the by-name imports the patch rebinds
+    ("verl.utils", "hf_processor", None),
+    ("verl.utils.tokenizer", "hf_processor", None),
+    ("verl.workers.config.model", "hf_processor", None),
+    ("verl.model_merger.base_model_merger", "hf_processor", None),
+    ("transformers", "Qwen2_5OmniProcessor.__call__", ("self", "text", "images", "videos", "audio")),
+    # the agent-loop paths that use the processor (tests/test_omni_processor.py, tests/test_positions.py)
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopWorker._compute_position_ids",
+     ("self", "input_ids", "attention_mask", "multi_modal_inputs")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopWorker._compute_multi_modal_inputs",
+     ("self", "output", "input_ids")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopWorker._agent_loop_postprocess",
+     ("self", "output", "validate")),
+    ("verl.utils.tokenizer", "build_multimodal_processor_inputs",
+     ("processor", "text", "images", "videos", "audio", "mm_processor_kwargs")),
+    ("verl.utils.tokenizer.continuous_token_wiring", "create_continuous_token_builder",
+     ("tokenizer", "hf_model_type", "mm_processor_kwargs", "processor")),
+    ("verl.utils.tokenizer.continuous_token", "VLContinuousTokenBuilder.build_initial_tokens",
+     ("self", "messages", "images", "videos", "audios", "mm_inputs_out")),
+    # --- TMRoPE positions (verl_audio.models.positions binds these transformers functions) ---
+    ("transformers.models.qwen2_5_omni.modeling_qwen2_5_omni",
+     "Qwen2_5OmniPreTrainedModelForConditionalGeneration.get_rope_index",
+     ("self", "input_ids", "image_grid_thw", "video_grid_thw", "attention_mask", "use_audio_in_video",
+      "audio_seqlens", "second_per_grids")),
+    ("transformers.models.qwen2_5_omni.modeling_qwen2_5_omni",
+     "Qwen2_5OmniPreTrainedModelForConditionalGeneration.get_llm_pos_ids_for_vision",
+     ("self", "start_idx", "vision_idx", "spatial_merge_size", "t_index", "grid_hs", "grid_ws")),
+    ("transformers.models.qwen2_5_omni.modeling_qwen2_5_omni",
+     "Qwen2_5OmniPreTrainedModelForConditionalGeneration.get_chunked_index",
+     ("self", "token_indices", "tokens_per_chunk", "remove_index")),
+    # --- export (verl_audio.models.export): verl's FSDP merge steps and checkpoint layout ---
+    ("verl.model_merger.base_model_merger", "ModelMergerConfig",
+     ("operation", "backend", "target_dir", "local_dir", "hf_model_config_path")),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._get_world_size", ("self",)),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._load_rank_zero_state_dict", ("self", "world_size")),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._extract_device_mesh_info",
+     ("self", "state_dict", "world_size")),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._calculate_shard_configuration",
+     ("self", "mesh", "mesh_dim_names")),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._load_and_merge_state_dicts",
+     ("self", "world_size", "total_shards", "mesh_shape", "mesh_dim_names")),
+    ("verl.utils.checkpoint.fsdp_checkpoint_manager", "FSDPCheckpointManager.save_checkpoint",
+     ("self", "local_path", "hdfs_path", "global_step")),
+    ("transformers", "Qwen2_5OmniForConditionalGeneration.load_speakers", ("self", "path")),
+    ("transformers", "Qwen2_5OmniForConditionalGeneration.generate", ("self", "input_ids", "speaker")),
+]
+
+
+def resolve(module: str, qualname: str) -> Any:
+    """Import ``module`` and follow the dotted ``qualname`` inside it."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def problems(entry: Requirement) -> list[str]:
+    """What no longer matches for ``entry`` (empty when the upstream symbol is as expected)."""
+    module, qualname, expected = entry
+    where = f"{module}.{qualname}"
+    try:
+        obj = resolve(module, qualname)
+    except (ImportError, AttributeError) as exc:
+        return [f"{where}: missing ({exc})"]
+    if expected is None:
+        return []
+    try:
+        params = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError) as exc:
+        return [f"{where}: no inspectable signature ({exc})"]
+    missing = [name for name in expected if name not in params]
+    if missing:
+        return [f"{where}: parameters {missing} gone; now {params}"]
+    positions = [params.index(name) for name in expected]
+    if positions != sorted(positions):
+        return [f"{where}: parameters {list(expected)} reordered; now {params}"]
+    return []
