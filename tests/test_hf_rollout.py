@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,11 @@ from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 from verl.workers.config import RolloutConfig
 from verl.workers.config.rollout import CheckpointEngineConfig
 
-from verl_audio.models.audio_features import audio_processor_kwargs, load_omni_processor
+from verl_audio.models.audio_features import load_omni_processor
 from verl_audio.models.tiny import build_tiny_omni
 from verl_audio.rollout.adapter import HFServerAdapter
-from verl_audio.rollout.engine import GenRequest, OmniGenerator
+from verl_audio.rollout.engine import GenRequest, OmniGenerator, placeholder_token_ids
+from verl_audio.rollout.features import AudioFeaturizer
 from verl_audio.rollout.sampling import SamplingSpec
 from verl_audio.rollout.server import HFRolloutServer
 
@@ -75,7 +77,7 @@ def make_prompt(processor: Any, text: str, seconds: float, seed: int) -> tuple[l
     messages = [{"role": "user", "content": [{"type": "audio", "audio": "q.wav"}, {"type": "text", "text": text}]}]
     chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     audio = (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
-    ids = processor(text=chat, audio=[audio], return_tensors="pt", **audio_processor_kwargs([audio]))["input_ids"]
+    ids = processor(text=chat, audio=[audio], return_tensors="pt", sampling_rate=SR)["input_ids"]  # as verl calls it
     return ids[0].tolist(), audio
 
 
@@ -108,19 +110,18 @@ async def gather(*coros: Any) -> list[Any]:
 def forward_logits(
     model: torch.nn.Module, processor: Any, prompt: tuple[list[int], np.ndarray], response: list[int]
 ) -> torch.Tensor:
-    """A plain thinker forward over prompt + response; returns the logits that predicted each response token."""
+    """A plain thinker forward over prompt + response with the features the actor gets (a processor call);
+    returns the logits that predicted each response token."""
     ids, audio = prompt
-    kw = audio_processor_kwargs([audio])
-    feats = processor.feature_extractor(
-        audio, padding="max_length", return_tensors="pt", sampling_rate=SR, **kw["audio_kwargs"]
-    )
+    text = ["<|audio_bos|><|AUDIO|><|audio_eos|>"]
+    feats = processor(text=text, audio=[audio], return_tensors="pt", sampling_rate=SR)
     full = torch.tensor([ids + response])
     with torch.no_grad():
         out = model(
             input_ids=full,
             attention_mask=torch.ones_like(full),
             input_features=feats["input_features"],
-            feature_attention_mask=feats["attention_mask"],
+            feature_attention_mask=feats["feature_attention_mask"],
         )
     return out.logits[0, len(ids) - 1 : -1].float()
 
@@ -178,6 +179,41 @@ def test_top_k_one_equals_greedy_and_temperature_matters(server: HFRolloutServer
     assert max(top1.log_probs) < 0
     assert any(o.token_ids != greedy.token_ids for o in hot)
     assert all(o.log_probs is None for o in hot)  # not asked for
+
+
+def test_placeholder_ids_are_never_sampled(ckpt: Path, processor, prompts) -> None:
+    """A model that all but insists on <|AUDIO|> / <|IMAGE|> still never emits them; log-probs stay unmasked."""
+    thinker = json.loads((ckpt / "config.json").read_text())["thinker_config"]
+    keys = ("audio_token_index", "image_token_index", "video_token_index", "audio_start_token_id",
+            "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")
+    placeholders = {thinker[k] for k in keys}
+    gen = OmniGenerator(str(ckpt))
+    assert gen.banned_ids == placeholders == placeholder_token_ids(gen.model.config, gen.model.lm_head.out_features)
+    audio_id, image_id = thinker["audio_token_index"], thinker["image_token_index"]
+    head = gen.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight = head.weight
+    with torch.no_grad():
+        biased.bias.zero_()
+        biased.bias[audio_id], biased.bias[image_id] = 40.0, 30.0
+    gen.model.lm_head = biased
+
+    featurizer = AudioFeaturizer(processor.feature_extractor, gen.audio_token_id)
+    requests = []
+    for prompt in prompts:
+        clips = featurizer.prepare(prompt[0], [prompt[1]])
+        requests.append(GenRequest(prompt[0], clips, SamplingSpec(max_tokens=8, temperature=0, logprobs=True)))
+        requests += [GenRequest(prompt[0], clips, SamplingSpec(8, 1.0, logprobs=True, ignore_eos=True))] * 3
+    results = gen.generate(requests)
+    for request, result in zip(requests, results, strict=True):
+        prompt = next(p for p in prompts if p[0] == request.prompt_ids)
+        logits = forward_logits(gen.model, processor, prompt, result.token_ids)
+        assert int(logits[0].argmax()) == audio_id  # unbanned, the model would emit <|AUDIO|>
+        assert not placeholders & set(result.token_ids)
+        temperature = request.spec.temperature or 1.0
+        expected = (logits / temperature).log_softmax(-1).gather(-1, torch.tensor(result.token_ids)[:, None])
+        np.testing.assert_allclose(result.log_probs, expected.squeeze(-1).numpy(), atol=1e-4)
+        assert max(result.log_probs) < -20  # the mass sits on the placeholders: the full distribution's log-probs
 
 
 def test_token_budget_and_stop_tokens(server: HFRolloutServer, prompts, loop) -> None:

@@ -78,6 +78,35 @@ def test_repetition_penalty_steers_greedy_away_from_seen_tokens() -> None:
     torch.testing.assert_close(logps, logits.log_softmax(-1)[:, 1])  # log-probs ignore the penalty
 
 
+def test_banned_ids_are_never_chosen_and_log_probs_stay_unmasked() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 12)
+    logits[:, 5] += 30.0  # the model all but insists on id 5, then on id 7
+    logits[:, 7] += 20.0
+    specs = [
+        SamplingSpec(1, 0.0),
+        SamplingSpec(1, 1.0),
+        SamplingSpec(1, 0.7, top_k=2, top_p=0.9),
+        SamplingSpec(1, 1.0, repetition_penalty=1.3),
+    ]
+    sampler = BatchSampler.from_specs(specs, torch.device("cpu"), banned=[7, 5, 5])
+    assert sampler.banned.tolist() == [5, 7] and sampler.select(torch.tensor([1])).banned.tolist() == [5, 7]
+    assert BatchSampler.from_specs(specs, torch.device("cpu")).banned is None
+    gen = torch.Generator().manual_seed(0)
+    seen = torch.zeros(4, 12, dtype=torch.bool)
+    temps = torch.tensor([1.0, 1.0, 0.7, 1.0])[:, None]
+    unmasked = (logits / temps).log_softmax(-1)
+    for _ in range(200):
+        tokens, logps = sample_step(logits, sampler, gen, seen)
+        assert not set(tokens.tolist()) & {5, 7}
+        # the log-probs of the full tempered distribution, as the actor recomputes them: very unlikely tokens
+        torch.testing.assert_close(logps, unmasked.gather(-1, tokens[:, None]).squeeze(-1))
+        assert float(logps.max()) < -15
+    masked = logits.clone()
+    masked[:, [5, 7]] = float("-inf")
+    assert tokens[0] == masked[0].argmax()  # greedy takes the best allowed token
+
+
 def test_concurrent_askers_share_one_computation() -> None:
     cache: LRUCache[int] = LRUCache(2)
     calls = []

@@ -16,7 +16,14 @@ import torch
 from omegaconf import OmegaConf
 
 import verl  # noqa: F401  (loads the verl_audio plugin, which installs the processor patch)
-from verl_audio.models.audio_features import AUDIO_TOKENS_PER_SECOND, SAMPLING_RATE
+from verl_audio.models.audio_features import (
+    AUDIO_TOKENS_PER_SECOND,
+    MAX_AUDIO_SECONDS,
+    SAMPLING_RATE,
+    WholeAudioOmniProcessor,
+    audio_frames,
+    load_omni_processor,
+)
 from verl_audio.models.omni_processor import is_omni_checkpoint, omni_aware_hf_processor
 from verl_audio.patches import ORIGINAL_ATTR, patch_omni_hf_processor
 from verl_audio.models.tiny import build_tiny_omni
@@ -124,11 +131,18 @@ def test_omni_checkpoint_errors_are_raised_not_swallowed(tmp_path: Path) -> None
 
 
 def test_processor_survives_pickling(processor) -> None:
-    """Ray ships configs holding the processor between processes."""
-    clone = pickle.loads(pickle.dumps(processor))
-    ids = torch.tensor([[7, 8, 9]])
-    pos, _ = clone.get_rope_index(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=None, video_grid_thw=None)
-    assert pos.shape == (3, 1, 3)
+    """Ray ships configs holding the processor between processes (cloudpickle for Ray, pickle alike)."""
+    import cloudpickle
+
+    for clone in (pickle.loads(pickle.dumps(processor)), cloudpickle.loads(cloudpickle.dumps(processor))):
+        assert isinstance(clone, WholeAudioOmniProcessor)
+        ids = torch.tensor([[7, 8, 9]])
+        pos, _ = clone.get_rope_index(
+            input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=None, video_grid_thw=None
+        )
+        assert pos.shape == (3, 1, 3)
+        out = clone(text=["<|audio_bos|><|AUDIO|><|audio_eos|>"], audio=[_clip(2.0)], sampling_rate=SAMPLING_RATE)
+        assert out["input_features"].shape == (1, 128, 200)  # still the whole-audio processor
 
 
 def _agent_loop_round_trip(processor, tokenizer, messages: list[dict], response_ids: list[int]):
@@ -184,6 +198,7 @@ def test_agent_loop_prompt_and_features_equal_a_direct_processor_call(processor,
     # special, so nothing is expanded twice) and re-runs the processor on the raw audio
     mm = internal.multi_modal_inputs
     assert sorted(mm) == ["feature_attention_mask", "input_features"]
+    assert mm["input_features"].shape == (1, 128, int(seconds * 100))  # the clip, not a 120 s window
     assert torch.equal(mm["input_features"], direct["input_features"])
     assert torch.equal(mm["feature_attention_mask"], direct["feature_attention_mask"])
     assert int(mm["feature_attention_mask"].sum()) == int(seconds * 100)
@@ -191,23 +206,77 @@ def test_agent_loop_prompt_and_features_equal_a_direct_processor_call(processor,
     assert internal.position_ids.dtype == torch.long
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "audio_processor_kwargs pads a clip to exactly its length: its feature_attention_mask has floor(n/160) "
-    "frames and its last frame is reflect-padded, while verl's calls (padded to chunk_length) mark ceil(n/160) "
-    "frames and see zeros; padding to (ceil(n/160) + 2) * 160 samples makes them equal"))
-def test_agent_loop_features_equal_the_per_call_whole_clip_features(processor, tokenizer) -> None:
-    """Actor features (verl's default call) and the per-call whole-clip kwargs agree for any clip length."""
-    from verl_audio.models.audio_features import audio_processor_kwargs
+def _rollout_clips(processor, prompt_ids: list[int], audios: list[np.ndarray]):
+    """The rollout server's features for a request (``AudioFeaturizer.prepare``, which checks the placeholders)."""
+    from verl_audio.rollout.features import AudioFeaturizer
 
-    audio = _clip(3.0)[:48_123]  # not a multiple of the 160-sample hop
+    featurizer = AudioFeaturizer(processor.feature_extractor, processor.config.thinker_config.audio_token_id)
+    return featurizer.prepare(prompt_ids, audios, SAMPLING_RATE)
+
+
+def _random_lengths(seed: int, short: int, long: int) -> list[int]:
+    """Clip lengths in samples (rarely whole hops of 160): ``short`` of 0.01-15 s, ``long`` of 40-110 s."""
+    rng = np.random.default_rng(seed)
+    return [int(n) for n in rng.integers(160, 15 * SAMPLING_RATE, short)] + [
+        int(n) for n in rng.integers(40 * SAMPLING_RATE, 110 * SAMPLING_RATE, long)
+    ]
+
+
+@pytest.mark.parametrize("samples", [48_123, *_random_lengths(3, 2, 1)])
+def test_agent_loop_features_equal_the_rollout_features(processor, tokenizer, samples: int) -> None:
+    """The prompt verl sends, the features the actor gets and the rollout's features agree, unpadded."""
+    audio = _clip(samples / SAMPLING_RATE + 1, seed=samples)[:samples]
     messages = _messages(audio)
-    _, output, internal = _agent_loop_round_trip(processor, tokenizer, messages, [11, 12])
+    request, output, internal = _agent_loop_round_trip(processor, tokenizer, messages, [11, 12])
+    (clip,) = _rollout_clips(processor, request["prompt_ids"], request["audio_data"])
+    frames = audio_frames(samples)  # ceil(n / 160)
+    audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    assert output.prompt_ids.count(audio_id) == clip.tokens and clip.frames == frames
+    mm = internal.multi_modal_inputs
+    assert mm["input_features"].shape == (1, 128, frames) and mm["feature_attention_mask"].shape == (1, frames)
+    assert int(mm["feature_attention_mask"].sum()) == frames
+    assert torch.equal(mm["input_features"][0], clip.features)
+
+
+def test_verl_processor_calls_equal_the_rollout_features_for_many_lengths(processor, tokenizer, tiny: Path) -> None:
+    """verl's processor call (as ``_compute_multi_modal_inputs`` makes it), the rollout's features and the
+    checkpoint's own 120 s window give the same ids, frames and features for any clip length."""
+    from verl.utils.tokenizer import build_multimodal_processor_inputs
+
+    window = load_omni_processor(tiny, prepare=False)  # stock class, pads every clip to 120 s
+    lengths = _random_lengths(7, 57, 3)
+    for i, samples in enumerate(lengths):
+        audio = _clip(samples / SAMPLING_RATE + 1, seed=i)[:samples]
+        text = processor.apply_chat_template(_messages(audio), tokenize=False, add_generation_prompt=True)
+        verl_call = build_multimodal_processor_inputs(
+            processor, text=[text], audio=[audio], mm_processor_kwargs={"sampling_rate": SAMPLING_RATE}
+        )
+        ids = verl_call["input_ids"][0].tolist()
+        (clip,) = _rollout_clips(processor, ids, [audio])
+        frames = audio_frames(samples)
+        assert verl_call["input_features"].shape == (1, 128, frames), samples  # not padded past the clip
+        mask = verl_call["feature_attention_mask"]
+        assert mask.shape == (1, frames) and bool(mask.all())
+        assert torch.equal(verl_call["input_features"][0], clip.features), samples
+        padded = window(text=[text], audio=[audio], sampling_rate=SAMPLING_RATE, return_tensors="pt")
+        assert padded["input_features"].shape[-1] == MAX_AUDIO_SECONDS * 100
+        assert padded["input_ids"][0].tolist() == ids, samples
+        assert torch.equal(padded["input_features"][..., :frames], verl_call["input_features"]), samples
+        assert int(padded["feature_attention_mask"].sum()) == frames
+
+    # several clips in one call: padded to the longest only, each clip's features its own
+    audios = [_clip(n / SAMPLING_RATE + 1, seed=n)[:n] for n in lengths[:3]]
+    content = [{"type": "audio", "audio": a} for a in audios] + [{"type": "text", "text": "Same?"}]
+    messages = [{"role": "user", "content": content}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    per_call = processor(text=[text], audio=[audio], return_tensors="pt", **audio_processor_kwargs([audio]))
-    assert per_call["input_ids"][0].tolist() == output.prompt_ids
-    mask, frames = internal.multi_modal_inputs["feature_attention_mask"], int(per_call["feature_attention_mask"].sum())
-    assert int(mask.sum()) == frames
-    assert torch.equal(internal.multi_modal_inputs["input_features"][..., :frames], per_call["input_features"][..., :frames])
+    out = build_multimodal_processor_inputs(
+        processor, text=[text], audio=audios, mm_processor_kwargs={"sampling_rate": SAMPLING_RATE}
+    )
+    clips = _rollout_clips(processor, out["input_ids"][0].tolist(), audios)
+    assert out["input_features"].shape == (3, 128, max(c.frames for c in clips))
+    for row, clip in enumerate(clips):
+        assert int(out["feature_attention_mask"][row].sum()) == clip.frames
+        assert torch.equal(out["input_features"][row, :, : clip.frames], clip.features)
 
 
 def test_continuous_token_builder_is_the_vl_fallback_and_needs_image_processor(processor, tokenizer) -> None:

@@ -9,8 +9,8 @@ encoder produces; the problem is which audio survives and how much padding trave
 One definition of "the features of these clips", used by every path (verl's processor calls, the rollout):
 
 * each call zero-pads its clips to ``padded_audio_length(longest clip)`` samples, truncation off: nothing
-  is cut, and a clip's features do not depend on how long the other clips of the call are (see
-  ``padded_audio_length``);
+  is cut, and a clip's features (to the last bit) do not depend on the other clips of the call, nor on
+  any longer padding such as the 120 s window (see ``padded_audio_length``);
 * a clip of n samples gets ``audio_frames(n)`` = ceil(n / 160) mel frames (what ``feature_attention_mask``
   marks) and ``audio_placeholder_count`` of them become ``<|AUDIO|>`` tokens (25 per second);
 * ``input_features`` / ``feature_attention_mask`` are cut to the frames of the longest clip of the call:
@@ -54,8 +54,9 @@ AUDIO_TOKENS_PER_SECOND = 25  # conv1 (stride 1) -> conv2 (stride 2) -> avg-pool
 MAX_AUDIO_SECONDS = 120  # ALR questions are 40-110 s
 #: zero hops past a clip's last frame that make its frames independent of any further padding
 _GUARD_HOPS = 2
-#: the audio kwargs the whole-audio rule sets on every call (whatever the caller passed for them)
-_FORCED_AUDIO_KEYS = ("max_length", "truncation", "return_attention_mask")
+#: narrowest padded call, in frames: on CPU the extractor's mel projection of fewer than ~10 frames takes
+#: another matmul kernel, whose last bits differ from a wide call's (the padding is cut off afterwards)
+_MIN_FRAMES = 16
 
 
 def audio_placeholder_count(feature_frames: int) -> int:
@@ -80,8 +81,9 @@ def padded_audio_length(num_samples: int) -> int:
     too) and every later frame is silence, which cannot raise the maximum; so a clip's features are the
     same for this padding and for any longer one (the 120 s window, a longer clip in the same call).
     Padding to exactly n samples would instead mark floor(n / 160) frames and reflect the clip's end.
+    Calls are at least ``_MIN_FRAMES`` wide, so that even the shortest clips take the same arithmetic.
     """
-    return (audio_frames(num_samples) + _GUARD_HOPS) * HOP_LENGTH
+    return max(audio_frames(num_samples) + _GUARD_HOPS, _MIN_FRAMES) * HOP_LENGTH
 
 
 def audio_tokens_for_samples(num_samples: int) -> int:

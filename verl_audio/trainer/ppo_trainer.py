@@ -1,0 +1,60 @@
+"""verl's ``RayPPOTrainer`` plus two things a reader of ``metrics.jsonl`` needs.
+
+* Reward components per step. verl puts the reward function's extra outputs (``answer``, ``format``,
+  ``text_length``, ...) into the batch but logs only the combined score for training steps; here the
+  mean of each component over the responses where it applies (``None`` = not applicable) is added as
+  ``reward/<name>/mean`` to the step's metrics. The hook is ``_update_actor``: verl reduces the
+  returned ``meta_info["metrics"]`` into the step's metrics right after it.
+* Metrics history on resume: after verl loads a checkpoint (``_load_checkpoint``), the lines of the
+  steps that will be run again are dropped from ``metrics.jsonl`` (see ``metrics_log``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from verl import DataProto
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+from verl_audio.trainer import metrics_log
+
+logger = logging.getLogger(__name__)
+
+#: reward outputs averaged into the step metrics: the score, each component, and accuracy
+REWARD_KEYS = ("score", "format", "answer", "text_length", "audio_length", "speech_consistency", "acc")
+PREFIX = "reward/"
+
+
+def reward_component_means(non_tensor_batch: dict[str, Any], keys: Iterable[str] = REWARD_KEYS) -> dict[str, float]:
+    """``{"reward/<key>/mean": mean}`` over the responses where ``key`` applies (not None / NaN)."""
+    means = {}
+    for key in keys:
+        if key not in non_tensor_batch:
+            continue
+        values = [float(v) for v in non_tensor_batch[key] if v is not None and np.isfinite(float(v))]
+        if values:
+            means[f"{PREFIX}{key}/mean"] = float(np.mean(values))
+            means[f"{PREFIX}{key}/applicable"] = len(values) / len(non_tensor_batch[key])
+    return means
+
+
+class AudioPPOTrainer(RayPPOTrainer):
+    """``RayPPOTrainer`` with reward components in each step's metrics and a resumable metrics file."""
+
+    def _update_actor(self, batch: DataProto) -> DataProto:
+        output = super()._update_actor(batch)
+        means = reward_component_means(batch.non_tensor_batch)
+        # reduce_metrics averages lists; one value per key keeps the mean as computed here
+        output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
+        return output
+
+    def _load_checkpoint(self) -> Any:
+        result = super()._load_checkpoint()
+        path = metrics_log.metrics_path()
+        if path is not None:
+            dropped = metrics_log.trim_after(path, self.global_steps)
+            logger.warning("verl-audio: %s starts at step %d (%d later lines dropped)", path, self.global_steps, dropped)
+        return result

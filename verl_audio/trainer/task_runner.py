@@ -1,0 +1,65 @@
+"""verl's v0 ``TaskRunner`` building ``AudioPPOTrainer`` instead of ``RayPPOTrainer``.
+
+verl's ``main_ppo_v0.TaskRunner`` is a Ray actor class whose ``run`` constructs ``RayPPOTrainer``
+directly, so it cannot be subclassed; ``run`` below is its body (verl 0.9.1) with the trainer class
+swapped. The role/resource-pool helpers are inherited from verl's ``BaseTaskRunner`` unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pprint import pprint
+
+import ray
+from omegaconf import DictConfig, OmegaConf
+from verl.trainer.main_ppo_v0 import BaseTaskRunner
+
+
+@ray.remote(num_cpus=1)
+class AudioTaskRunner(BaseTaskRunner):
+    """Ray actor that sets up workers, datasets and the trainer, then trains (see module doc)."""
+
+    def run(self, config: DictConfig) -> None:
+        from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
+        from verl.utils.config import omega_conf_to_dataclass, validate_config
+        from verl.utils.dataset.rl_dataset import collate_fn
+        from verl.workers.config import HFModelConfig
+
+        from verl_audio.trainer.ppo_trainer import AudioPPOTrainer
+
+        print(f"AudioTaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
+        pprint(OmegaConf.to_container(config, resolve=True))
+        OmegaConf.resolve(config)
+
+        actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
+        self.add_critic_worker(config)
+        self.add_reward_model_resource_pool(config)
+        self.add_teacher_model_resource_pool(config)
+        self.add_ref_policy_worker(config, actor_rollout_cls)
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+
+        model_config: HFModelConfig = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+        tokenizer, processor = model_config.tokenizer, model_config.processor
+        resource_pool_manager = self.init_resource_pool_mgr(config)
+
+        datasets = {
+            split: create_rl_dataset(files, config.data, tokenizer, processor, is_train=split == "train",
+                                     max_samples=config.data.get(f"{split}_max_samples", -1))
+            for split, files in (("train", config.data.train_files), ("val", config.data.val_files))
+        }
+        trainer = AudioPPOTrainer(
+            config=config,
+            tokenizer=tokenizer,
+            processor=processor,
+            role_worker_mapping=self.role_worker_mapping,
+            resource_pool_manager=resource_pool_manager,
+            ray_worker_group_cls=ray_worker_group_cls,
+            train_dataset=datasets["train"],
+            val_dataset=datasets["val"],
+            collate_fn=collate_fn,
+            train_sampler=create_rl_sampler(config.data, datasets["train"]),
+        )
+        trainer.init_workers()
+        trainer.fit()
