@@ -227,6 +227,48 @@ def patch_cpu_fsdp_host_offload() -> bool:
     return True
 
 
+# --- 6. verl's file logger appends when asked ----------------------------------------------------
+# verl's `FileLogger` opens its file with "wb", so a resumed run erases the metrics history of the
+# steps before its checkpoint. With `VERL_FILE_LOGGER_APPEND=1` (set by `verl_audio.trainer.main`)
+# (and `VERL_FILE_LOGGER_PATH` set) the file is opened with "ab" instead; the trainer then trims the lines of steps it runs again
+# (`verl_audio.trainer.metrics_log.trim_after`). Without the variable verl's class runs unchanged.
+# `Tracking` looks the class up in its module at construction, so replacing the module attribute
+# suffices. Can go when verl's file logger can append.
+
+
+def patch_file_logger_append() -> bool:
+    """Make ``verl.utils.tracking.FileLogger`` append when ``VERL_FILE_LOGGER_APPEND=1``."""
+    name = "file_logger_append"
+    if not verl_version_ok(name):
+        return False
+    import os
+
+    import verl.utils.tracking as tracking
+
+    original = tracking.FileLogger
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    class FileLogger(original):  # type: ignore[misc, valid-type]
+        __doc__ = original.__doc__
+
+        def __init__(self, project_name: str, experiment_name: str) -> None:
+            path = os.environ.get("VERL_FILE_LOGGER_PATH")
+            if os.environ.get("VERL_FILE_LOGGER_APPEND") != "1" or not path:
+                super().__init__(project_name, experiment_name)
+                return
+            # verl's __init__ would open with "wb" (truncating); the same fields, opened for appending
+            self.project_name, self.experiment_name, self.filepath = project_name, experiment_name, path
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            print(f"Appending to file logger at {os.path.abspath(path)}")
+            self.fp = open(path, "ab", buffering=0)
+
+    setattr(FileLogger, ORIGINAL_ATTR, original)
+    tracking.FileLogger = FileLogger
+    logger.info("verl-audio: patched verl.utils.tracking.FileLogger (appends with VERL_FILE_LOGGER_APPEND=1)")
+    return True
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
@@ -234,6 +276,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_omni_hf_processor,
     patch_fsdp1_load_to_cpu_device,
     patch_cpu_fsdp_host_offload,
+    patch_file_logger_append,
 ]
 
 

@@ -110,6 +110,23 @@ REQUIRED: list[Requirement] = [
      ("self", "local_path", "hdfs_path", "global_step")),
     ("transformers", "Qwen2_5OmniForConditionalGeneration.load_speakers", ("self", "path")),
     ("transformers", "Qwen2_5OmniForConditionalGeneration.generate", ("self", "input_ids", "speaker")),
+    # --- the trainer (verl_audio.trainer) ---
+    ("verl.trainer.main_ppo", "run_ppo", ("config", "task_runner_class")),
+    ("verl.trainer.main_ppo_v0", "BaseTaskRunner.add_actor_rollout_worker", ("self", "config")),
+    ("verl.trainer.main_ppo_v0", "BaseTaskRunner.init_resource_pool_mgr", ("self", "config")),
+    ("verl.trainer.ppo.utils", "create_rl_dataset", ("data_paths", "data_config", "tokenizer", "processor",
+                                                     "is_train", "max_samples")),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer.__init__",
+     ("self", "config", "tokenizer", "role_worker_mapping", "resource_pool_manager", "ray_worker_group_cls",
+      "processor", "train_dataset", "val_dataset", "collate_fn", "train_sampler")),
+    # hooks AudioPPOTrainer overrides: the actor update (its meta_info metrics are reduced into the step)
+    # and the checkpoint load (sets global_steps)
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._update_actor", ("self", "batch")),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._load_checkpoint", ("self",)),
+    ("verl.utils.device", "auto_set_device", ("config",)),
+    # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
+    ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),
+    ("verl.utils.tracking", "FileLogger.log", ("self", "data", "step")),
 ]
 
 

@@ -57,4 +57,8 @@ class AudioPPOTrainer(RayPPOTrainer):
         if path is not None:
             dropped = metrics_log.trim_after(path, self.global_steps)
             logger.warning("verl-audio: %s starts at step %d (%d later lines dropped)", path, self.global_steps, dropped)
+            # verl saves a step's checkpoint before it logs the step: a run stopped in between lacks that line
+            if self.global_steps > 0 and self.global_steps not in metrics_log.training_steps(path):
+                logger.warning("verl-audio: %s has no line for step %d: the run stopped after saving its checkpoint "
+                               "and before logging it; that step's metrics are lost", path, self.global_steps)
         return result

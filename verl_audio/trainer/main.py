@@ -1,0 +1,135 @@
+"""``python -m verl_audio.trainer.main [overrides]``: verl's PPO trainer for audio, on GPU or CPU.
+
+verl's own entry (``verl.trainer.main_ppo``) with:
+
+* the config ``config/soundmind_alr.yaml`` (verl's ``ppo_trainer`` plus what differs; any verl key
+  can be overridden as usual);
+* verl's legacy trainer path (``trainer.use_v1=False``: ``RayPPOTrainer``), because the v1 trainer
+  imports ``transfer_queue``, which verl does not install; our ``AudioTaskRunner`` builds
+  ``AudioPPOTrainer`` (reward components per step, resumable ``metrics.jsonl``);
+* CPU mode when no accelerator is visible (``cpu_mode``), said so in the log;
+* everything a run writes under ``verl_audio.output_dir``: ``metrics.jsonl`` (verl's file logger,
+  kept across resumes), ``tensorboard/``, ``checkpoints/``, then ``hf_export/`` (the last checkpoint
+  exported with ``verl_audio.models.export``) and ``reward_curve.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import hydra
+import verl  # noqa: F401  (first: loads the verl-audio plugin before anything imports verl_audio.platform)
+from omegaconf import DictConfig, open_dict
+
+from verl_audio.trainer import cpu_mode, metrics_log
+
+logger = logging.getLogger("verl_audio.trainer")
+
+CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def prepare(config: DictConfig) -> Path:
+    """Resolve paths, route verl's loggers into the output folder, pick CPU mode; return the output folder."""
+    if config.trainer.use_v1:
+        raise ValueError("trainer.use_v1=True runs verl's v1 trainer, which needs the `transfer_queue` package and "
+                         "skips verl-audio's trainer hooks; verl_audio.trainer.main runs trainer.use_v1=False")
+    with open_dict(config):
+        # Ray processes may start elsewhere: every path they read or write is made absolute here
+        config.verl_audio.output_dir = _absolute(config.verl_audio.output_dir)
+        config.trainer.default_local_dir = _absolute(config.trainer.default_local_dir)
+        for key in ("train_files", "val_files"):
+            files = config.data[key]
+            config.data[key] = [_absolute(f) for f in files] if not isinstance(files, str) else _absolute(files)
+        if Path(config.actor_rollout_ref.model.path).expanduser().exists():
+            config.actor_rollout_ref.model.path = _absolute(config.actor_rollout_ref.model.path)
+    out = Path(config.verl_audio.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = {metrics_log.PATH_ENV: str(out / "metrics.jsonl"), metrics_log.APPEND_ENV: "1",
+           "TENSORBOARD_DIR": str(out / "tensorboard")}
+    os.environ.update(env)
+    cpu_mode.set_env_vars(config, env)
+
+    use_cpu, why = cpu_mode.wants_cpu(config)
+    if use_cpu:
+        changes = cpu_mode.apply(config)
+        logger.warning("verl-audio: CPU mode, because %s:\n  %s", why, "\n  ".join(changes))
+    else:
+        logger.warning("verl-audio: accelerator mode, because %s", why)
+    return out
+
+
+def latest_checkpoint(config: DictConfig) -> Path | None:
+    """The actor folder of the newest checkpoint under ``trainer.default_local_dir``, if any."""
+    root = Path(config.trainer.default_local_dir)
+    tracker = root / CHECKPOINT_TRACKER
+    if not tracker.exists():
+        return None
+    return root / f"global_step_{int(tracker.read_text().strip())}" / "actor"
+
+
+def export(config: DictConfig, out: Path) -> Path:
+    """Export the newest checkpoint to ``out/hf_export`` with the export CLI (replacing an older export)."""
+    from verl_audio.models import export as export_cli
+
+    ckpt = latest_checkpoint(config)
+    if ckpt is None:
+        raise FileNotFoundError(f"verl_audio.export=true but {config.trainer.default_local_dir} holds no checkpoint "
+                                "(set trainer.save_freq > 0, or verl_audio.export=false)")
+    base = config.verl_audio.export_base or config.actor_rollout_ref.model.path
+    if not Path(base).is_dir():  # a Hub id: the weights verl trained from are in the local cache
+        from huggingface_hub import snapshot_download
+
+        base = snapshot_download(base)
+    target, staging = out / "hf_export", out / "hf_export.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    argv = ["--ckpt", str(ckpt), "--base", str(base), "--out", str(staging)]
+    export_cli.main(argv + (["--verify"] if config.verl_audio.export_verify else []))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    logger.warning("verl-audio: exported %s to %s", ckpt, target)
+    return target
+
+
+def finish(config: DictConfig, out: Path) -> None:
+    """After training: export the last checkpoint and draw the reward curve (as configured)."""
+    if config.verl_audio.export:
+        export(config, out)
+    if config.verl_audio.plot:
+        from verl_audio.trainer.plot import plot_reward_curve
+
+        png = plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+        logger.warning("verl-audio: reward curve in %s", png)
+
+
+def run(config: DictConfig) -> None:
+    """Prepare, train with verl's run function and our task runner, then export and plot."""
+    from verl.trainer.main_ppo import run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    from verl_audio.trainer.task_runner import AudioTaskRunner
+
+    out = prepare(config)
+    auto_set_device(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    run_ppo(config, task_runner_class=AudioTaskRunner)
+    finish(config, out)
+
+
+@hydra.main(config_path="config", config_name="soundmind_alr", version_base=None)
+def main(config: DictConfig) -> None:
+    """Hydra entry (see module doc)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(config)
+
+
+if __name__ == "__main__":
+    main()
