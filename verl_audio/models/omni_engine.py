@@ -37,10 +37,11 @@ import torch
 from verl.workers.config import HFModelConfig
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
+from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
+
 logger = logging.getLogger(__name__)
 
 #: ``config.json`` model types this engine serves (and the names it is registered under)
-OMNI_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
 THINKER_ARCHITECTURE = "Qwen2_5OmniThinkerForConditionalGeneration"
 #: attention implementations whose packed (padding-removed) forward honours sequence boundaries
 PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -84,16 +85,6 @@ class OmniModelConfig(HFModelConfig):
                              f"{self.path} has model_type {checkpoint_type!r}")
         if self.model_type == "language_model":  # verl's default role: route to the Omni engine
             self.model_type = checkpoint_type
-
-
-def thinker_config(hf_config: Any) -> Any:
-    """The thinker's config inside a full Omni config, or ``hf_config`` itself for a thinker checkpoint."""
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type == "qwen2_5_omni":
-        return hf_config.thinker_config
-    if model_type == "qwen2_5_omni_thinker":
-        return hf_config
-    raise ValueError(f"not a Qwen2.5-Omni config: model_type {model_type!r} (expected one of {OMNI_MODEL_TYPES})")
 
 
 def check_supported(model_config: Any, engine_config: Any) -> None:

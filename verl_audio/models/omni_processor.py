@@ -30,10 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from verl_audio.models.omni_config import OMNI_MODEL_TYPES
+
 logger = logging.getLogger(__name__)
 
-#: root ``config.json`` model types served by this processor (full model, thinker-only export)
-OMNI_MODEL_TYPES = frozenset({"qwen2_5_omni", "qwen2_5_omni_thinker"})
 OMNI_PROCESSOR_CLASS = "Qwen2_5OmniProcessor"
 
 

@@ -27,6 +27,8 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
     Qwen2_5OmniPreTrainedModelForConditionalGeneration as _OmniModelBase,
 )
 
+from verl_audio.models.omni_config import thinker_config
+
 #: thinker-config attributes the transformers function reads; missing ones would surface as an
 #: AttributeError deep inside a rollout, so they are checked when the holder is built
 REQUIRED_THINKER_ATTRS = (
@@ -35,14 +37,6 @@ REQUIRED_THINKER_ATTRS = (
 )
 
 
-def thinker_config_of(config: Any) -> Any:
-    """The thinker config of a ``qwen2_5_omni`` config, or ``config`` itself for a thinker-only one."""
-    model_type = getattr(config, "model_type", None)
-    if model_type == "qwen2_5_omni":
-        return config.thinker_config
-    if model_type == "qwen2_5_omni_thinker":
-        return config
-    raise ValueError(f"not a Qwen2.5-Omni config: model_type={model_type!r}")
 
 
 class OmniRopeIndex:
@@ -57,7 +51,7 @@ class OmniRopeIndex:
     get_chunked_index = _OmniModelBase.get_chunked_index
 
     def __init__(self, config: Any) -> None:
-        self.config = thinker_config_of(config)
+        self.config = thinker_config(config)
         missing = [name for name in REQUIRED_THINKER_ATTRS if getattr(self.config, name, None) is None]
         if missing:
             raise ValueError(f"Qwen2.5-Omni thinker config lacks {missing}, which get_rope_index reads")
