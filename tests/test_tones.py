@@ -99,7 +99,7 @@ def test_tone_rows_have_the_preparation_row_shape(noisy):
         (turn,) = row["prompt"]
         assert turn["role"] == "user" and turn["content"] == TONE_PROMPT
         assert turn["content"].count("<audio>") == 1 and TONE_QUESTION in turn["content"]
-        assert f"<answer>{rec['label']}</answer>" in turn["content"]
+        assert turn["content"].endswith("Answer with one word: high or low.")  # what reward_fns.tones scores
         assert row["audios"] == [rec["path"]]
         assert row["reward_model"] == {"style": "rule", "ground_truth": rec["label"]}
         assert row["extra_info"] == {

@@ -8,6 +8,7 @@ the entry, then move the pin (``setup.py``, ``verl_audio.patches.VERL_VERSION``)
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 from importlib.metadata import version
 from pathlib import Path
@@ -69,6 +70,23 @@ def test_verl_hf_processor_still_rejects_omni(tiny: Path, monkeypatch: pytest.Mo
     with pytest.warns(UserWarning, match="Unsupported processor type: Qwen2_5OmniProcessor"):
         result = original(str(tiny))
     assert result is None, f"{HINT}: verl's hf_processor now supports Qwen2.5-Omni; patch_omni_hf_processor can go"
+
+
+def test_omni_gets_the_generic_multimodal_token_builder_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Without the table entry verl warns once per rollout request; with it, Omni resolves to the same builder."""
+    from verl.utils.tokenizer import continuous_token_wiring as wiring
+
+    family = wiring.ContinuousTokenModelFamily.VL_DEFAULT
+    with caplog.at_level(logging.WARNING, logger=wiring.logger.name):
+        assert wiring.infer_continuous_token_model_family(hf_model_type="unknown_omni",
+                                                          has_multimodal_processor=True) == family
+        assert "No model-specific Continuous Token builder" in caplog.text, (
+            f"{HINT}: verl no longer warns on unknown model types; patch_omni_continuous_token_family can go")
+        caplog.clear()
+        for model_type in patches.OMNI_MODEL_TYPES:
+            assert wiring.infer_continuous_token_model_family(hf_model_type=model_type,
+                                                              has_multimodal_processor=True) == family
+        assert "No model-specific" not in caplog.text
 
 
 def test_agent_loop_position_contract() -> None:

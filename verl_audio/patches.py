@@ -269,6 +269,32 @@ def patch_file_logger_append() -> bool:
     return True
 
 
+#: Omni root model types (config.json) the agent loop tokenizes with verl's generic multimodal builder
+OMNI_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
+
+
+def patch_omni_continuous_token_family() -> bool:
+    """Map the Omni model types to the ``vl_default`` Continuous Token builder in verl's lookup table.
+
+    verl's agent loop builds its tokenizer wrapper once per rollout request and, for a model type missing
+    from the table, falls back to ``vl_default`` with a WARNING each time: 512 lines per step of the tone
+    example. ``vl_default`` is what Omni gets either way (the rollout parity tests run through it); the
+    entry only states it, so the fallback warning keeps meaning "a model nobody checked".
+    """
+    name = "omni_continuous_token_family"
+    if not verl_version_ok(name):
+        return False
+    import verl.utils.tokenizer.continuous_token_wiring as wiring
+
+    table = wiring._MODEL_TYPE_TO_FAMILY
+    family = wiring.ContinuousTokenModelFamily.VL_DEFAULT
+    for model_type in OMNI_MODEL_TYPES:
+        if table.setdefault(model_type, family) != family:
+            raise RuntimeError(f"verl maps {model_type!r} to {table[model_type]!r}; revisit {name}")
+    logger.info("verl-audio: Continuous Token family of %s set to %s", OMNI_MODEL_TYPES, family.value)
+    return True
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
@@ -277,6 +303,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_fsdp1_load_to_cpu_device,
     patch_cpu_fsdp_host_offload,
     patch_file_logger_append,
+    patch_omni_continuous_token_family,
 ]
 
 

@@ -36,6 +36,10 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module", ("self", "module")),
     ("verl.workers.engine.fsdp.transformer_impl", "CPUOffloadPolicy", ("pin_memory",)),
     ("torch.distributed.fsdp", "CPUOffload", ("offload_params",)),
+    ("verl.utils.tokenizer.continuous_token_wiring", "_MODEL_TYPE_TO_FAMILY", None),
+    ("verl.utils.tokenizer.continuous_token_wiring", "ContinuousTokenModelFamily.VL_DEFAULT", None),
+    ("verl.utils.tokenizer.continuous_token_wiring", "infer_continuous_token_model_family",
+     ("hf_model_type", "has_multimodal_processor")),
     # --- the Omni thinker engine (verl_audio.models.omni_engine) ---
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_module", ("self",)),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.initialize", ("self",)),

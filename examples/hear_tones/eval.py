@@ -1,18 +1,19 @@
 """Accuracy of a Qwen2.5-Omni checkpoint on the tone task, over a folder of labelled clips.
 
-    python examples/hear_tones/eval.py --model DIR --audio-dir DIR [--max-new-tokens 4] [--batch-size 50]
+    python examples/hear_tones/eval.py --model DIR --audio-dir DIR [--max-new-tokens 1] [--batch-size 50]
                                        [--processor DIR] [--show N]
 
 ``--model`` is an exported checkpoint (``verl_audio.models.export``, ``hf_export/`` of a training run) or a
-verl checkpoint's ``huggingface/`` folder: anything ``Qwen2_5OmniThinkerForConditionalGeneration`` loads.
+verl checkpoint's ``huggingface/`` folder saved with weights (``checkpoint.save_contents`` holding
+``hf_model``): anything ``Qwen2_5OmniThinkerForConditionalGeneration`` loads.
 The processor comes from the same folder unless ``--processor`` names another. Every ``*.wav`` in
 ``--audio-dir`` whose name starts with ``high_`` or ``low_`` is scored (other files are ignored).
 
 Each clip is asked the training prompt (``verl_audio.data.tones.TONE_PROMPT``, laid out as verl's dataset
 lays it out), greedily decoded by the ``hf`` rollout's generator (``verl_audio.rollout.engine``: the same
 prefill, positions and banned placeholder ids as the rollout's validation), decoded without special tokens
-as verl's reward manager does, and parsed with ``reward_fns.tones.parse_tone_answer``. A response without
-a parsable final answer counts as wrong. Prints per-class accuracy, then ``accuracy: <fraction>`` last.
+as verl's reward manager does, and parsed with ``reward_fns.tones.parse_tone_answer``. A response that is not
+one of the answers the reward accepts counts as wrong. Prints per-class accuracy, then ``accuracy: <fraction>`` last.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import Any
 from reward_fns.tones import parse_tone_answer
 from verl_audio.data.tones import TONE_LABELS, TONE_PROMPT
 
-#: the training response length of train.sh: a longer budget would let an answer be followed by more text
-DEFAULT_MAX_NEW_TOKENS = 4
+#: the training response length of train.sh (one word): a longer budget lets text follow the answer
+DEFAULT_MAX_NEW_TOKENS = 1
 AUDIO_TAG = "<audio>"
 
 

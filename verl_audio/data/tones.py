@@ -15,7 +15,7 @@ import soundfile as sf
 SAMPLE_RATE = 16_000
 DATA_SOURCE = "hear_tones"
 TONE_QUESTION = "Is the tone high or low?"
-TONE_INSTRUCTION = "Answer with <answer>high</answer> or <answer>low</answer>."
+TONE_INSTRUCTION = "Answer with one word: high or low."
 TONE_PROMPT = f"<audio>{TONE_QUESTION} {TONE_INSTRUCTION}"
 TONE_LABELS: tuple[str, str] = ("high", "low")
 
