@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from verl_audio.rollout.config import HFRolloutOptions
-from verl_audio.rollout.features import LRUCache, audio_key
+from verl_audio.content_cache import LRUCache, audio_key
 from verl_audio.rollout.sampling import (
     BatchSampler,
     SamplingSpec,

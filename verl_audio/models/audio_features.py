@@ -26,12 +26,16 @@ Entry points:
 * ``prepare_omni_processor(processor)``: also makes the checkpoint's own defaults keep whole clips
   (``chunk_length`` >= ``MAX_AUDIO_SECONDS``, audio truncation off through the tokenizer's init kwargs),
   so a saved processor loaded by stock transformers never cuts audio; ``chunk_length`` is also what
-  serving engines read as the longest clip to budget for.
+  serving engines read as the longest clip to budget for. Its feature extractor is a
+  ``CachingWhisperFeatureExtractor``: verl's agent loop featurizes each clip twice per rollout request and
+  once per copy of ``rollout.n``; the extractor computes each distinct call once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,8 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 from transformers.utils import PushToHubMixin, is_torchvision_available
+
+from verl_audio.content_cache import LRUCache, audio_key
 
 SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # mel frames: 100 per second
@@ -234,9 +240,78 @@ class WholeAudioOmniProcessor(Qwen2_5OmniProcessor):
 WholeAudioOmniProcessor.__name__ = Qwen2_5OmniProcessor.__name__
 
 
+#: results a ``CachingWhisperFeatureExtractor`` keeps (per extractor; 0 turns the cache off). Each holds
+#: ~51 KB per second of audio: 64 results of 100 s clips are ~330 MB.
+FEATURE_CACHE_SIZE = int(os.environ.get("VERL_AUDIO_FEATURE_CACHE", "64"))
+#: keyword values a cached call may carry (anything else, e.g. a device object, is computed uncached)
+_KEYABLE = (str, int, float, bool, type(None))
+_CACHES: weakref.WeakKeyDictionary[Any, LRUCache[BatchFeature]] = weakref.WeakKeyDictionary()
+
+
+def _feature_call_key(raw_speech: Any, kwargs: Mapping[str, Any]) -> str | None:
+    """A key naming the clips (by content) and the options of one extractor call; None when not keyable."""
+    if not all(isinstance(v, _KEYABLE) for v in kwargs.values()):
+        return None
+    if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 1:
+        clips = [raw_speech]
+    elif isinstance(raw_speech, (list, tuple)) and raw_speech and all(isinstance(c, np.ndarray) for c in raw_speech):
+        clips = list(raw_speech)
+    else:  # lists of floats and the like: rare, and hashing them would cost what extracting does
+        return None
+    return "|".join([audio_key(c) for c in clips] + [repr(sorted(kwargs.items()))])
+
+
+def _copy_features(features: BatchFeature) -> BatchFeature:
+    """A copy whose tensors / arrays callers may change without touching the cached result."""
+    data = {}
+    for key, value in features.items():
+        if isinstance(value, torch.Tensor):
+            data[key] = value.clone()
+        elif isinstance(value, np.ndarray):
+            data[key] = value.copy()
+        elif isinstance(value, list):
+            data[key] = [v.copy() if isinstance(v, np.ndarray) else v for v in value]
+        else:
+            data[key] = value
+    return BatchFeature(data)
+
+
+class CachingWhisperFeatureExtractor(WhisperFeatureExtractor):
+    """``WhisperFeatureExtractor`` that computes each distinct call (same clips, same options) once.
+
+    verl's agent loop calls the processor twice per rollout request (prompt tokens, then the multimodal
+    inputs) and handles each copy of ``rollout.n`` on its own: the same clip is featurized 2n times per step.
+    Results are kept in an LRU of ``FEATURE_CACHE_SIZE`` calls, keyed by a hash of the samples and the call's
+    options, and every caller gets its own copy. Calls with dither (random by design) are not cached.
+    The cache lives outside the instance, so saving, pickling and ``to_dict`` see a plain Whisper extractor.
+    """
+
+    def __call__(self, raw_speech: Any, *args: Any, **kwargs: Any) -> BatchFeature:
+        key = None if args or getattr(self, "dither", 0.0) or FEATURE_CACHE_SIZE <= 0 else (
+            _feature_call_key(raw_speech, kwargs))
+        if key is None:
+            return super().__call__(raw_speech, *args, **kwargs)
+        cache = _CACHES.get(self)
+        if cache is None:
+            cache = _CACHES.setdefault(self, LRUCache(FEATURE_CACHE_SIZE))
+        return _copy_features(cache.get_or_compute(key, lambda: super(CachingWhisperFeatureExtractor, self).__call__(
+            raw_speech, **kwargs)))
+
+    @classmethod
+    def from_extractor(cls, extractor: WhisperFeatureExtractor) -> CachingWhisperFeatureExtractor:
+        """The same settings behind this class (``extractor`` itself when it already is one)."""
+        if isinstance(extractor, cls):
+            return extractor
+        return cls.from_dict(extractor.to_dict())
+
+
+# saved configs name the stock class (stock transformers reloads them); pickle finds it by __qualname__
+CachingWhisperFeatureExtractor.__name__ = WhisperFeatureExtractor.__name__
+
+
 def whole_audio_feature_extractor(max_seconds: int = MAX_AUDIO_SECONDS) -> WhisperFeatureExtractor:
     """Qwen2.5-Omni's Whisper extractor (128 mels, 16 kHz, hop 160) with a ``max_seconds`` window."""
-    return WhisperFeatureExtractor(
+    return CachingWhisperFeatureExtractor(
         feature_size=128,
         sampling_rate=SAMPLING_RATE,
         hop_length=HOP_LENGTH,
@@ -259,7 +334,8 @@ def disable_audio_truncation(tokenizer: Any) -> None:
 def prepare_omni_processor(processor: Any, *, max_seconds: int | None = None) -> WholeAudioOmniProcessor:
     """``processor``'s parts behind ``WholeAudioOmniProcessor``, with whole-clip defaults (module doc).
 
-    The parts are changed in place and shared with ``processor``.
+    The parts are changed in place and shared with ``processor``; its feature extractor is replaced by a
+    ``CachingWhisperFeatureExtractor`` with the same settings (on ``processor`` too).
     """
     fe = getattr(processor, "feature_extractor", None)
     if not isinstance(fe, WhisperFeatureExtractor):
@@ -271,6 +347,7 @@ def prepare_omni_processor(processor: Any, *, max_seconds: int | None = None) ->
     fe.n_samples = seconds * fe.sampling_rate
     fe.nb_max_frames = fe.n_samples // fe.hop_length
     fe.return_attention_mask = True
+    processor.feature_extractor = CachingWhisperFeatureExtractor.from_extractor(fe)
     disable_audio_truncation(processor.tokenizer)
     return WholeAudioOmniProcessor.from_processor(processor)
 

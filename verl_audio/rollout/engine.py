@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-from verl_audio.rollout.features import ClipFeatures, LRUCache
+from verl_audio.content_cache import LRUCache
+from verl_audio.rollout.features import ClipFeatures
 from verl_audio.rollout.sampling import BatchSampler, SamplingSpec, sample_step
 
 logger = logging.getLogger(__name__)
