@@ -22,15 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "hear_tones" / "train.sh"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    outputs = tmp_path_factory.mktemp("hear_tones")
+def train(outputs: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OUTPUTS": str(outputs), "PYTHON": sys.executable, "STEPS": "2", "BATCH": "8", "N": "2",
            "RAY_DEDUP_LOGS": "0"}
     result = subprocess.run(["bash", str(TRAIN), "trainer.test_freq=2"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
-    return outputs / "hear_tones", result.stdout
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    outputs = tmp_path_factory.mktemp("hear_tones")
+    return outputs / "hear_tones", train(outputs).stdout
 
 
 def test_two_steps_log_finite_tone_rewards(run: tuple[Path, str]) -> None:
@@ -64,3 +68,14 @@ def test_export_is_scored_and_the_report_ends_with_the_accuracy(run: tuple[Path,
     high, low = (re.search(rf"^{label}: (\d+)/100 = ", "\n".join(lines), re.M) for label in ("high", "low"))
     assert high and low and float(match.group(1)) == pytest.approx((int(high.group(1)) + int(low.group(1))) / 200)
     assert re.search(r"hear_tones: hear_tones done in \d+ s", stdout)
+
+
+def test_rerunning_a_finished_run_trains_nothing_more(run: tuple[Path, str]) -> None:
+    """verl's fit would run (and save) step total+1 after loading the last checkpoint; ours stops."""
+    folder, _ = run
+    metrics_before = (folder / "metrics.jsonl").read_text()
+    result = train(folder.parent)
+    assert "training is complete, nothing to run" in result.stdout + result.stderr
+    assert sorted(p.name for p in (folder / "checkpoints").glob("global_step_*")) == ["global_step_2"]
+    assert (folder / "metrics.jsonl").read_text() == metrics_before
+    assert re.fullmatch(r"accuracy: \d\.\d{4}", (folder / "eval.txt").read_text().strip().splitlines()[-1])

@@ -127,6 +127,8 @@ REQUIRED: list[Requirement] = [
     # and the checkpoint load (sets global_steps)
     ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._update_actor", ("self", "batch")),
     ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._load_checkpoint", ("self",)),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer.fit", ("self",)),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._shutdown_dump_executor", ("self",)),
     ("verl.utils.device", "auto_set_device", ("config",)),
     # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
     ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),

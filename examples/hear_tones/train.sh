@@ -31,8 +31,7 @@ start=$(date +%s)
 [[ -f $DATA/train.parquet ]] || $PY examples/hear_tones/prepare.py --out "$DATA" --seed "$SEED" $SILENT
 
 # Why these settings (sized on this 2-core CPU machine; see examples/hear_tones/README.md):
-# - freeze_audio_encoder=false: the encoder is random too; frozen, its outputs do not carry the pitch far
-#   enough for the decoder to learn it, so it is trained with the decoder.
+# - freeze_audio_encoder=false: the encoder is random too, so it is trained with the decoder.
 # - lr 3e-3, no KL term (so no reference model): random weights have nothing to stay close to.
 # - response length 1: the answer is one word (` high` / ` low` are single tokens of the small vocabulary;
 #   reward_fns/tones.py says why); more room only lets text follow it, which the reward rejects.

@@ -7,6 +7,9 @@
   returned ``meta_info["metrics"]`` into the step's metrics right after it.
 * Metrics history on resume: after verl loads a checkpoint (``_load_checkpoint``), the lines of the
   steps that will be run again are dropped from ``metrics.jsonl`` (see ``metrics_log``).
+* A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
+  so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
+  save) one step more. Here ``fit`` returns after loading such a checkpoint, before validating.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def reward_component_means(non_tensor_batch: dict[str, Any], keys: Iterable[str]
     return means
 
 
+class _RunComplete(Exception):
+    """Raised from ``_load_checkpoint`` when the loaded checkpoint is the run's last step."""
+
+
 class AudioPPOTrainer(RayPPOTrainer):
     """``RayPPOTrainer`` with reward components in each step's metrics and a resumable metrics file."""
 
@@ -51,8 +58,18 @@ class AudioPPOTrainer(RayPPOTrainer):
         output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
         return output
 
+    def fit(self) -> None:
+        try:
+            super().fit()
+        except _RunComplete:
+            self._shutdown_dump_executor()
+            logger.warning("verl-audio: the newest checkpoint is step %d of %d: training is complete, nothing to run",
+                           self.global_steps, self.total_training_steps)
+
     def _load_checkpoint(self) -> Any:
         result = super()._load_checkpoint()
+        if 0 < self.total_training_steps <= self.global_steps:
+            raise _RunComplete()
         path = metrics_log.metrics_path()
         if path is not None:
             dropped = metrics_log.trim_after(path, self.global_steps)
