@@ -99,3 +99,15 @@ def test_the_processor_uses_it_and_saves_as_the_stock_extractor(tmp_path: Path) 
     saved = json.loads((tmp_path / "saved" / "processor_config.json").read_text())["feature_extractor"]
     assert saved["feature_extractor_type"] == "WhisperFeatureExtractor"
     assert type(WhisperFeatureExtractor.from_pretrained(tmp_path / "saved")) is WhisperFeatureExtractor
+
+
+def test_the_rollout_featurizer_keeps_one_cache(extractor) -> None:
+    """AudioFeaturizer has its own per-clip LRU: it must not fill the extractor's cache as well."""
+    from verl_audio.rollout.features import AudioFeaturizer
+
+    featurizer = AudioFeaturizer(extractor, audio_token_id=7)
+    assert type(featurizer.feature_extractor) is WhisperFeatureExtractor
+    assert featurizer.feature_extractor.to_dict() == extractor.to_dict()
+    featurizer.clip(clip(1.0, 7))
+    featurizer.clip(clip(1.0, 7))
+    assert featurizer.cache.stats()["misses"] == 1 and extractor not in _CACHES

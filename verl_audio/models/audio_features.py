@@ -297,6 +297,13 @@ class CachingWhisperFeatureExtractor(WhisperFeatureExtractor):
         return _copy_features(cache.get_or_compute(key, lambda: super(CachingWhisperFeatureExtractor, self).__call__(
             raw_speech, **kwargs)))
 
+    @staticmethod
+    def uncached(extractor: Any) -> Any:
+        """``extractor`` without this cache (a plain Whisper extractor, same settings), for callers with their own."""
+        if isinstance(extractor, CachingWhisperFeatureExtractor):
+            return WhisperFeatureExtractor.from_dict(extractor.to_dict())
+        return extractor
+
     @classmethod
     def from_extractor(cls, extractor: WhisperFeatureExtractor) -> CachingWhisperFeatureExtractor:
         """The same settings behind this class (``extractor`` itself when it already is one)."""

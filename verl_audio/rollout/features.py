@@ -20,6 +20,7 @@ import torch
 from verl_audio.content_cache import LRUCache, audio_key
 from verl_audio.data.rl_dataset import to_array
 from verl_audio.models.audio_features import (
+    CachingWhisperFeatureExtractor,
     audio_placeholder_count,
     check_audio_placeholders,
     extract_audio_features,
@@ -47,7 +48,8 @@ class AudioFeaturizer:
     """Computes (or recalls) each clip's features with the checkpoint's Whisper feature extractor."""
 
     def __init__(self, feature_extractor: Any, audio_token_id: int, cache_size: int = 128) -> None:
-        self.feature_extractor = feature_extractor
+        # this class keeps its own per-clip LRU: a caching extractor would hold every clip a second time
+        self.feature_extractor = CachingWhisperFeatureExtractor.uncached(feature_extractor)
         self.audio_token_id = audio_token_id
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.cache: LRUCache[ClipFeatures] = LRUCache(cache_size)
