@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SoundMind GRPO of Qwen2.5-Omni on ALR: pick a preset, then hand every argument to verl.
 #   PRESET=tiny  (default when no GPU is visible and MODEL_PATH is unset): a random tiny Omni on the
-#                bundled demo sample, a few GRPO steps on CPU, checkpoint, export, reward curve.
+#                bundled demo sample, a few GRPO steps on CPU, checkpoint, export, reward curve;
+#                ROLLOUT=hf (default) or ROLLOUT=vllm (vLLM's CPU build).
 #   PRESET=paper the paper's settings on 8 GPUs: MODEL_PATH (default Qwen/Qwen2.5-Omni-7B), DATA_DIR
 #                (prepared ALR parquet), ROLLOUT=vllm|hf.
 # Outputs: $OUTPUTS/<experiment>/ (OUTPUTS defaults to outputs; metrics.jsonl, tensorboard/, checkpoints/, hf_export/, reward_curve.png).
@@ -24,9 +25,12 @@ fi
 
 case "$PRESET" in
 tiny)
+  ROLLOUT=${ROLLOUT:-hf}
   EXP=${EXPERIMENT:-soundmind_alr_tiny}
+  [[ $ROLLOUT == hf ]] || EXP=${EXPERIMENT:-soundmind_alr_tiny_$ROLLOUT}
   MODEL=$OUTPUTS/$EXP/tiny_omni DATA=$OUTPUTS/$EXP/data
-  [[ -f $MODEL/config.json ]] || $PY -m verl_audio.models.tiny --out "$MODEL" --talker --vocab small
+  # head dim 32: vLLM's CPU attention has no kernel for the builder's default 16
+  [[ -f $MODEL/config.json ]] || $PY -m verl_audio.models.tiny --out "$MODEL" --talker --vocab small --head-dim 32
   [[ -f $DATA/train.parquet ]] || $PY examples/data_preprocess/alr.py --src verl_audio/data/demo_sample \
     --out "$DATA" --input-modality audio --output-modality text --splits train,dev
   set -- trainer.experiment_name="$EXP" verl_audio.output_dir="$OUTPUTS/$EXP" actor_rollout_ref.model.path="$MODEL" \
@@ -36,6 +40,7 @@ tiny)
     actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2 actor_rollout_ref.actor.optim.lr=1e-4 \
     +actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32 \
     +actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype=fp32 \
+    actor_rollout_ref.rollout.name="$ROLLOUT" actor_rollout_ref.rollout.max_model_len=2048 \
     actor_rollout_ref.rollout.dtype=float32 +actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200 \
     actor_rollout_ref.rollout.agent.num_workers=1 reward.num_workers=1 \
     trainer.n_gpus_per_node=2 trainer.total_training_steps=3 trainer.save_freq=1 trainer.test_freq=3 \

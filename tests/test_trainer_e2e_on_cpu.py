@@ -1,9 +1,10 @@
-"""GRPO of the tiny Omni through verl's real PPO trainer on CPU: Ray, FSDP2 over gloo, the `hf` rollout.
+"""GRPO of the tiny Omni through verl's real PPO trainer on CPU: Ray, FSDP2 over gloo, each rollout backend.
 
-Runs `recipes/soundmind_alr.sh` (PRESET=tiny) in a subprocess for 2 steps and checks what the run
-leaves in its output folder: finite metrics with the reward components, actor/rollout log-prob parity
-in fp32, a checkpoint, an export that transformers loads and that carries the trained weights, the
-reward curve and the tensorboard log. About 1.5 minutes on 2 cores.
+Runs `recipes/soundmind_alr.sh` (PRESET=tiny) in a subprocess for 2 steps, once with ROLLOUT=hf and once
+with ROLLOUT=vllm (vLLM's CPU build; skipped when vLLM is not installed), and checks what each run leaves
+in its output folder: finite metrics with the reward components, actor/rollout log-prob parity in fp32,
+a checkpoint, an export that transformers loads and that carries the trained weights, the reward curve
+and the tensorboard log. About 1.5 minutes per backend on 2 cores (vLLM's engine start adds ~1 minute).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ PROBS_DIFF_MAX = 1e-3
 COMPONENTS = ("score", "format", "answer", "text_length", "acc")
 
 
-def run_recipe(outputs: Path, *overrides: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_recipe(outputs: Path, *overrides: str, timeout: float = TIMEOUT_S,
+               rollout: str = "hf") -> subprocess.CompletedProcess:
     """Run the tiny preset with extra overrides; the output folder is ``outputs/e2e``."""
     env = {**os.environ, "PRESET": "tiny", "OUTPUTS": str(outputs), "EXPERIMENT": EXPERIMENT,
-           "PYTHON": sys.executable, "RAY_DEDUP_LOGS": "0"}
+           "PYTHON": sys.executable, "RAY_DEDUP_LOGS": "0", "ROLLOUT": rollout}
     return subprocess.run(["bash", str(RECIPE), *overrides], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -41,13 +43,23 @@ def training_lines(metrics: Path) -> dict[int, dict]:
     return {rec["step"]: rec["data"] for rec in lines if "training/global_step" in rec["data"]}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    outputs = tmp_path_factory.mktemp("trainer_e2e")
+def _vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.skipif(not _vllm_installed(), reason="vLLM not installed"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    outputs = tmp_path_factory.mktemp(f"trainer_e2e_{request.param}")
     # entropy bonus: the random tiny model never earns a rule reward, so GRPO advantages are all zero;
     # the bonus gives the update a gradient, so step 2 samples from weights the actor pushed
     result = run_recipe(outputs, "trainer.total_training_steps=2", "trainer.test_freq=2",
-                        "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.calculate_entropy=true")
+                        "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.calculate_entropy=true",
+                        rollout=request.param)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     assert "CPU mode, because no accelerator is visible" in result.stdout + result.stderr
     return outputs / EXPERIMENT

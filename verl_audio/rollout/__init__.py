@@ -1,7 +1,12 @@
-"""The `hf` rollout backend: Qwen2.5-Omni thinker generation with audio, in verl's server-mode rollout.
+"""Rollout backends for Qwen2.5-Omni with audio, in verl's server-mode rollout.
 
-Select it with ``actor_rollout_ref.rollout.name=hf`` once ``register()`` has run (the plugin does it at
-``import verl``). Pieces, in the order a request meets them:
+``register()`` (the plugin runs it at ``import verl``) installs two backends in verl's registries:
+
+* ``rollout.name=vllm``: verl's own vLLM rollout, with its replica class replaced by
+  ``vllm_server.OmniVLLMReplica`` (whole audio for Omni, vLLM's CPU build; see that module). verl's
+  worker-side ``ServerAdapter`` is kept.
+* ``rollout.name=hf``: the reference backend, transformers generation. Pieces, in the order a request
+  meets them:
 
 * ``replica.HFReplica``: verl's ``RolloutReplica``; starts one server actor per replica (hybrid mode).
 * ``server.HFRolloutServer``: vLLM-compatible async ``generate`` and the control calls.
@@ -15,8 +20,11 @@ Select it with ``actor_rollout_ref.rollout.name=hf`` once ``register()`` has run
 
 from __future__ import annotations
 
+#: name of the `hf` backend in verl's registries and prefix of its server actors' names
 BACKEND = "hf"
 ADAPTER = "verl_audio.rollout.adapter.HFServerAdapter"
+#: verl's vLLM backend name, whose replica class is replaced
+VLLM_BACKEND = "vllm"
 
 
 def _load_replica() -> type:
@@ -25,11 +33,22 @@ def _load_replica() -> type:
     return HFReplica
 
 
+def _load_vllm_replica() -> type:
+    try:
+        from verl_audio.rollout.vllm_server import OmniVLLMReplica
+    except ImportError as exc:
+        raise ImportError(
+            f"rollout.name=vllm needs vLLM ({exc}); scripts/setup_env.sh installs it unless VLLM=none"
+        ) from exc
+    return OmniVLLMReplica
+
+
 def register() -> list[str]:
-    """Register the backend in verl's replica and worker-adapter registries (idempotent); returns its names."""
-    from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+    """Register both backends in verl's replica and worker-adapter registries (idempotent); returns their names."""
+    from verl_audio.patches import register_rollout_adapter
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     RolloutReplicaRegistry.register(BACKEND, _load_replica)
-    _ROLLOUT_REGISTRY[(BACKEND, "async")] = ADAPTER
-    return [f"rollout:{BACKEND}"]
+    register_rollout_adapter(BACKEND, ADAPTER)
+    RolloutReplicaRegistry.register(VLLM_BACKEND, _load_vllm_replica)
+    return [f"rollout:{BACKEND}", f"rollout:{VLLM_BACKEND}"]

@@ -16,10 +16,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica
 
+from verl_audio.rollout import BACKEND
 from verl_audio.rollout.server import HFRolloutServer
-
-#: backend name in verl's registries and prefix of the server actors' names
-BACKEND = "hf"
 
 
 def server_actor_name(replica_rank: int, node_rank: int = 0, role: str = "", suffix: str = "") -> str:

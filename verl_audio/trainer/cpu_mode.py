@@ -14,7 +14,12 @@ installed; ``cpu``: always; ``gpu``: never). What it changes, each logged:
 * the model's attention becomes ``sdpa`` unless ``override_config.attn_implementation`` is set
   (verl's default, flash attention, does not exist on CPU).
 
-Only the ``hf`` rollout backend runs on CPU: anything else is refused here, before Ray starts.
+* with ``rollout.name=vllm`` (vLLM's CPU build): no sleep mode and no cache freeing (vLLM's CPU
+  platform has neither), eager execution (no graph compilation at start), and a KV cache of
+  ``verl_audio.vllm_cpu_kvcache_gb`` GB (``VLLM_CPU_KVCACHE_SPACE``; ``gpu_memory_utilization`` means
+  nothing on CPU).
+
+The ``hf`` and ``vllm`` rollout backends run on CPU: anything else is refused here, before Ray starts.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from verl_audio.platform.cpu import accelerator_present
 logger = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
-CPU_ROLLOUTS = ("hf",)
+CPU_ROLLOUTS = ("hf", "vllm")
+#: rollout keys set for vLLM's CPU build
+VLLM_CPU_ROLLOUT = {"enable_sleep_mode": False, "free_cache_engine": False, "enforce_eager": True}
 
 
 def wants_cpu(config: DictConfig) -> tuple[bool, str]:
@@ -88,10 +95,18 @@ def apply(config: DictConfig) -> list[str]:
             if section.fsdp_config.get("use_torch_compile", False):
                 section.fsdp_config.use_torch_compile = False
                 changes[f"actor_rollout_ref.{role}.fsdp_config.use_torch_compile"] = False
+        if rollout == "vllm":
+            for key, value in VLLM_CPU_ROLLOUT.items():
+                config.actor_rollout_ref.rollout[key] = value
+                changes[f"actor_rollout_ref.rollout.{key}"] = value
         override = config.actor_rollout_ref.model.override_config
         if override.get("attn_implementation") is None:
             override.attn_implementation = "sdpa"
             changes["actor_rollout_ref.model.override_config.attn_implementation"] = "sdpa"
+    if rollout == "vllm":
+        kv_gb = int(config.verl_audio.vllm_cpu_kvcache_gb)
+        set_env_vars(config, {"VLLM_CPU_KVCACHE_SPACE": str(kv_gb)})
+        changes["env VLLM_CPU_KVCACHE_SPACE (GB)"] = kv_gb
     threads = int(config.verl_audio.torch_threads)
     if threads > 0:
         set_env_vars(config, {"OMP_NUM_THREADS": str(threads)})

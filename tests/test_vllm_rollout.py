@@ -1,0 +1,182 @@
+"""verl's `vllm` rollout serving the tiny Omni on vLLM's CPU build, through Ray, by its registry name.
+
+One server for the module (vLLM's engine takes tens of seconds to start on 2 cores): whole audio (the
+audio tokens vLLM used, for 100 s and 5 s clips), rollout log-probs against a transformers forward, greedy
+tokens equal to the `hf` backend's, a weight update through verl's own ``ServerAdapter`` (vLLM then follows
+the new weights, not the old), and the replica's control calls. Skips without vLLM (``VLLM=none``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup_env.sh with VLLM=none)")
+
+import ray  # noqa: E402
+from transformers import Qwen2_5OmniThinkerForConditionalGeneration  # noqa: E402
+from verl.workers.config import RolloutConfig  # noqa: E402
+from verl.workers.rollout.base import get_rollout_class  # noqa: E402
+from verl.workers.rollout.replica import RolloutReplicaRegistry  # noqa: E402
+
+from verl_audio.models.audio_features import AUDIO_TOKENS_PER_SECOND, load_omni_processor  # noqa: E402
+from verl_audio.models.tiny import build_tiny_omni  # noqa: E402
+from verl_audio.rollout.server import HFRolloutServer  # noqa: E402
+from verl_audio.rollout.vllm_server import OmniVLLMReplica, collapse_runs  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SR = 16_000
+GREEDY = {"temperature": 0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+SAMPLED = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+RESPONSE = 8
+
+
+@ray.remote(num_gpus=1, num_cpus=0)
+class _Worker:
+    """Stands in for an actor worker: the replica asks where it runs and which (logical) GPU it holds."""
+
+
+class _ModelConfig:
+    """An already-built model config, as verl's adapter base class takes it."""
+
+
+def _config(**overrides: Any) -> RolloutConfig:
+    base = dict(
+        name="vllm", prompt_length=4096, response_length=RESPONSE, dtype="float32", tensor_model_parallel_size=1,
+        enable_sleep_mode=False, free_cache_engine=False, enforce_eager=True, logprobs_mode="raw_logprobs",
+        max_model_len=4096, load_format="auto", engine_kwargs={"hf": {"batch_window_ms": 100}},
+    )
+    return RolloutConfig(**{**base, **overrides})
+
+
+def _prompt(processor: Any, text: str, seconds: float, seed: int) -> tuple[list[int], np.ndarray]:
+    """Fully expanded prompt ids (as verl's agent loop sends them) and the clip."""
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "q.wav"}, {"type": "text", "text": text}]}]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    audio = (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
+    ids = processor(text=chat, audio=[audio], return_tensors="pt", sampling_rate=SR)["input_ids"]
+    return ids[0].tolist(), audio
+
+
+def _token_log_probs(model: Any, processor: Any, prompt: tuple[list[int], np.ndarray], response: list[int],
+                     temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T) of each response token under a plain thinker forward (what verl's actor computes)."""
+    ids, audio = prompt
+    feats = processor(text=["<|audio_bos|><|AUDIO|><|audio_eos|>"], audio=[audio], return_tensors="pt", sampling_rate=SR)
+    full = torch.tensor([ids + response])
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=torch.ones_like(full), input_features=feats["input_features"],
+                       feature_attention_mask=feats["feature_attention_mask"]).logits[0, len(ids) - 1: -1].float()
+    return (logits / temperature).log_softmax(-1)[torch.arange(len(response)), torch.tensor(response)]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("vllm_rollout")
+    return build_tiny_omni(root / "tiny", head_dim=32, talker=True), build_tiny_omni(root / "other", head_dim=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def processor(ckpts: tuple[Path, Path]) -> Any:
+    return load_omni_processor(ckpts[0])
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def replica(ckpts: tuple[Path, Path], loop: asyncio.AbstractEventLoop) -> Iterator[OmniVLLMReplica]:
+    """One vLLM server (Ray actor) on a fresh local Ray with one logical GPU slot."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, namespace="vllm_rollout_test", log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    replica = RolloutReplicaRegistry.get("vllm")(replica_rank=0, config=_config(), model_config={"path": str(ckpts[0])},
+                                                 gpus_per_node=1)
+    loop.run_until_complete(replica.init_hybrid(types.SimpleNamespace(workers=[_Worker.remote()])))
+    yield replica
+    ray.shutdown()
+
+
+async def _ask(server: Any, prompt: tuple[list[int], np.ndarray], request_id: str, params: dict) -> Any:
+    return await server.generate.remote(prompt_ids=prompt[0], sampling_params=dict(params), request_id=request_id,
+                                        audio_data=[prompt[1]], mm_processor_kwargs={"sampling_rate": SR})
+
+
+def test_collapse_runs_keeps_one_token_per_run() -> None:
+    assert collapse_runs([1, 7, 7, 7, 2, 7, 3, 7, 7], 7) == [1, 7, 2, 7, 3, 7]
+    assert collapse_runs([], 7) == []
+
+
+def test_registry_name_gives_the_omni_replica(replica: OmniVLLMReplica) -> None:
+    assert isinstance(replica, OmniVLLMReplica)
+    assert replica.server_address.split(":")[0] == ray.util.get_node_ip_address()
+
+
+def test_audio_reaches_vllm_whole_and_log_probs_match_the_actor(replica, ckpts, processor, loop) -> None:
+    long, short = _prompt(processor, "Is it entailed?", 100.0, 0), _prompt(processor, "x", 5.0, 1)
+    audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    outs = loop.run_until_complete(asyncio.gather(
+        _ask(replica.server_handle, long, "long", GREEDY), _ask(replica.server_handle, short, "short", SAMPLED)))
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[0], dtype=torch.float32).eval()
+    for (ids, audio), out, temperature in zip((long, short), outs, (1.0, 1.0)):
+        sent = sum(1 for t in ids if t == audio_id)
+        # the ids vLLM itself ran with, read back from its output
+        assert out.extra_fields["audio_tokens"] == sent == len(audio) // SR * AUDIO_TOKENS_PER_SECOND
+        assert out.stop_reason == "completed" and len(out.token_ids) == len(out.log_probs) == RESPONSE
+        ref = _token_log_probs(model, processor, (ids, audio), list(out.token_ids), temperature)
+        assert torch.allclose(torch.tensor(out.log_probs), ref, atol=1e-4), (out.log_probs, ref.tolist())
+    assert outs[0].extra_fields["audio_tokens"] >= 2375  # 100 s whole, not cut at 30 s
+
+
+def test_greedy_tokens_equal_the_hf_backend(replica, ckpts, processor, loop) -> None:
+    prompts = [_prompt(processor, "Is it entailed?", 3.0, 2), _prompt(processor, "Listen", 1.2, 3)]
+    hf = HFRolloutServer(config=_config(name="hf"), model_config={"path": str(ckpts[0])})
+    for i, prompt in enumerate(prompts):
+        from_vllm = loop.run_until_complete(_ask(replica.server_handle, prompt, f"g{i}", GREEDY))
+        from_hf = loop.run_until_complete(hf.generate(prompt_ids=prompt[0], sampling_params=dict(GREEDY),
+                                                      request_id=f"h{i}", audio_data=[prompt[1]],
+                                                      mm_processor_kwargs={"sampling_rate": SR}))
+        assert list(from_vllm.token_ids) == list(from_hf.token_ids)
+        assert np.allclose(from_vllm.log_probs, from_hf.log_probs, atol=1e-4)
+
+
+def test_weight_update_through_verls_adapter(replica, ckpts, processor, loop, monkeypatch) -> None:
+    prompt = _prompt(processor, "x", 2.0, 4)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "1")
+    adapter = get_rollout_class("vllm", "async")(config=_config(), model_config=_ModelConfig(), device_mesh=None)
+    old = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[0], dtype=torch.float32).eval()
+    new = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[1], dtype=torch.float32).eval()
+    # the actor's names: the thinker's own, without the checkpoint's "thinker." prefix
+    loop.run_until_complete(adapter.update_weights(iter(new.state_dict().items()), global_steps=3))
+    out = loop.run_until_complete(_ask(replica.server_handle, prompt, "after", SAMPLED))
+    assert out.extra_fields["global_steps"] == 3
+    lp = torch.tensor(out.log_probs)
+    to_new = (lp - _token_log_probs(new, processor, prompt, list(out.token_ids))).abs().max().item()
+    to_old = (lp - _token_log_probs(old, processor, prompt, list(out.token_ids))).abs().max().item()
+    assert to_new < 1e-4 < 0.01 < to_old, (to_new, to_old)
+    # and back: the same adapter restores the first weights exactly
+    loop.run_until_complete(adapter.update_weights(iter(old.state_dict().items()), global_steps=4))
+    again = loop.run_until_complete(_ask(replica.server_handle, prompt, "restored", SAMPLED))
+    back = (torch.tensor(again.log_probs) - _token_log_probs(old, processor, prompt, list(again.token_ids))).abs()
+    assert back.max().item() < 1e-4
+
+
+def test_replica_control_calls(replica, processor, loop) -> None:
+    for call in ("sleep", "wake_up", "clear_kv_cache", "abort_all_requests", "resume_generation"):
+        loop.run_until_complete(getattr(replica, call)())
+    out = loop.run_until_complete(_ask(replica.server_handle, _prompt(processor, "y", 1.0, 5), "ctl", GREEDY))
+    assert out.stop_reason == "completed"
