@@ -7,8 +7,9 @@ A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]
   placeholder ids and sampling as the rollout's validation. Prompts are laid out as verl's
   ``RLHFDataset`` lays them out (``build_messages``) and decoded without special tokens, as verl's reward
   manager decodes them.
-* ``vllm``: vLLM's offline ``vllm.LLM`` (``VLLMBackend``): chat-template text with one ``<|AUDIO|>`` per
-  clip (vLLM expands it itself) and the clips as ``multi_modal_data``.
+* ``vllm``: reserved; refused with a clear message until the project's vLLM rollout backend exists. A vLLM
+  backend passes ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM expands the run itself and would expand
+  pre-expanded ids again) with the clips as ``multi_modal_data``.
 
 A ``Response`` may carry the spoken answer (``audio``) when a backend produces speech itself; otherwise the
 CLI asks a speech synthesizer (``verl_audio.eval.speech``) for rows whose output is audio.
@@ -134,39 +135,10 @@ class HFBackend:
         return [responses[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
 
-class VLLMBackend:
-    """vLLM's offline engine (module doc); the caller's script needs a ``__main__`` guard (vLLM spawns)."""
-
-    name = "vllm"
-
-    def __init__(self, model: str, *, dtype: str = "float32", processor: str | None = None, seed: int = 0,
-                 max_model_len: int = 8192, max_audios: int = 1, **engine_kwargs: Any) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise RuntimeError(f"--backend vllm needs vLLM installed ({err})") from err
-        from verl_audio.models.audio_features import load_omni_processor
-
-        self.processor = load_omni_processor(processor or model)
-        self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       limit_mm_per_prompt={"audio": max_audios, "image": 0, "video": 0}, **engine_kwargs)
-
-    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
-        from vllm import SamplingParams
-
-        from verl_audio.models.audio_features import SAMPLING_RATE
-
-        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_new_tokens, seed=sampling.seed, skip_special_tokens=True)
-        inputs = []
-        for prompt in prompts:
-            request: dict[str, Any] = {"prompt": chat_text(self.processor, prompt)}
-            if prompt.audios:
-                request["multi_modal_data"] = {"audio": [(a, SAMPLING_RATE) for a in prompt.audios]}
-            inputs.append(request)
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
-        return [[Response(c.text, list(c.token_ids), c.finish_reason or "stop") for c in out.outputs]
-                for out in outputs]
+VLLM_UNAVAILABLE = (
+    "--backend vllm is not available in the evaluation CLI yet: it will use the project's vLLM rollout backend "
+    "once that exists (any object with this module's Backend.generate plugs in); use --backend hf"
+)
 
 
 def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
@@ -174,5 +146,5 @@ def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
     if name == "hf":
         return HFBackend(model, **{k: v for k, v in kwargs.items() if k in ("device", "dtype", "processor", "seed")})
     if name == "vllm":
-        return VLLMBackend(model, **{k: v for k, v in kwargs.items() if k in ("dtype", "processor", "seed")})
+        raise ValueError(VLLM_UNAVAILABLE)
     raise ValueError(f"--backend must be one of {BACKENDS}, got {name!r}")
