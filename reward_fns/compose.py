@@ -16,7 +16,7 @@ from reward_fns.answer import answer_reward
 from reward_fns.audio_length import DEFAULT_AGGRESSIVENESS, audio_length_reward
 from reward_fns.format import format_reward
 from reward_fns.presets import COMPONENTS, RewardMix, resolve_mix
-from reward_fns.protocol import REF_AUDIO_SECONDS, REF_TEXT_WORDS, output_modality, response_audio
+from reward_fns.protocol import REF_AUDIO_SECONDS, REF_TEXT_WORDS, mode_of, output_modality, response_audio
 from reward_fns.speech_consistency import DEFAULT_ASR_MODEL, consistency_from_transcript, transcribe
 from reward_fns.text_length import text_length_reward
 from verl_audio.contract import parse_response
@@ -94,6 +94,7 @@ def _components(text: str, ground_truth: Any, extra_info: Mapping[str, Any], set
         "audio_length": audio_length,
         "speech_consistency": None,
         "pred": parsed.label or "",
+        "mode": mode_of(extra_info),
     }
 
 
@@ -116,6 +117,8 @@ def _result(components: Mapping[str, Any], mix: RewardMix) -> dict[str, Any]:
     # `acc` is verl's name for the headline validation metric (val-core); `pred` feeds its maj@N votes
     result["acc"] = components["answer"]
     result["pred"] = components["pred"]
+    # the row's mode (audio_to_text, ...; None without one): validation groups its per-mode table by it
+    result["mode"] = components["mode"]
     return result
 
 
@@ -160,10 +163,11 @@ def compute_score(
     extra_info: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """verl's custom-reward contract: `score` plus each component by name, `acc` and the parsed `pred`.
+    """verl's custom-reward contract: `score` plus each component by name, `acc`, the parsed `pred` and `mode`.
 
     `data_source` is not used: the function scores the ALR output contract whatever the source.
     Components are floats in [0, 1], or None where they do not apply; `pred` is the parsed label word
-    ('entailed' / 'not-entailed') or '' when the response has no unambiguous answer.
+    ('entailed' / 'not-entailed') or '' when the response has no unambiguous answer; `mode` is the row's
+    `<input>_to_<output>` modality pair (None when extra_info has no input_modality).
     """
     return compute_score_batch([data_source], [solution_str], [ground_truth], [extra_info], **kwargs)[0]

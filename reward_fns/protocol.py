@@ -15,8 +15,18 @@ import numpy as np
 REF_TEXT_WORDS = "ref_text_words"
 REF_AUDIO_SECONDS = "ref_audio_seconds"
 OUTPUT_MODALITY = "output_modality"
+INPUT_MODALITY = "input_modality"
 RESPONSE_AUDIO = "response_audio"
 MODALITIES = ("text", "audio")
+#: ALR modes (``<input>_to_<output>``) and their labels, in the order of the paper's table
+MODE_LABELS = {
+    "audio_to_text": "audio→text",
+    "text_to_text": "text→text",
+    "text_to_audio": "text→audio",
+    "audio_to_audio": "audio→audio",
+    "both_to_text": "audio+text→text",
+    "both_to_audio": "audio+text→audio",
+}
 
 
 def output_modality(extra_info: Mapping[str, Any] | None) -> str:
@@ -25,6 +35,14 @@ def output_modality(extra_info: Mapping[str, Any] | None) -> str:
     if value not in MODALITIES:
         raise ValueError(f"extra_info[{OUTPUT_MODALITY!r}] must be one of {MODALITIES}, got {value!r}")
     return value
+
+
+def mode_of(extra_info: Mapping[str, Any] | None) -> str | None:
+    """``<input>_to_<output>`` (e.g. ``audio_to_text``) from extra_info, or None without an input modality."""
+    source = (extra_info or {}).get(INPUT_MODALITY)
+    if not source:
+        return None
+    return f"{source}_to_{output_modality(extra_info)}"
 
 
 def reference_amount(value: object) -> float | None:

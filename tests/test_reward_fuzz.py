@@ -86,7 +86,7 @@ def oracle_label(text: str) -> str | None:
 def test_any_response_is_scored_consistently(text: str, truth: object, info: dict | None, preset: str) -> None:
     result = compute_score("alr", text, truth, info, preset=preset)
     event(f"format={result['format']} answer={result['answer']}")  # coverage, see --hypothesis-show-statistics
-    assert set(result) == {"score", *COMPONENTS, "acc", "pred"}
+    assert set(result) == {"score", *COMPONENTS, "acc", "pred", "mode"}
     assert isinstance(result["score"], float) and math.isfinite(result["score"])
     assert 0.0 <= result["score"] <= 4.0
     assert result["format"] == float(oracle_format(text))

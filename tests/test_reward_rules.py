@@ -28,7 +28,7 @@ from verl_audio.contract import (
     with_instruction,
 )
 
-KEYS = {"score", *COMPONENTS, "acc", "pred"}
+KEYS = {"score", *COMPONENTS, "acc", "pred", "mode"}
 
 
 def contract(reasoning: str, answer: str) -> str:
@@ -230,6 +230,7 @@ def test_soundmind_score_and_keys() -> None:
         "speech_consistency": None,
         "acc": 1.0,
         "pred": "entailed",
+        "mode": None,  # TEXT_INFO has no input_modality
     }
     wrong = compute_score("alr", contract("a b", "not entailed"), 1, TEXT_INFO)
     assert wrong["score"] == 1.0 + 0.5 and wrong["pred"] == "not-entailed" and wrong["acc"] == 0.0

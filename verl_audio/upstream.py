@@ -129,6 +129,8 @@ REQUIRED: list[Requirement] = [
     ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._load_checkpoint", ("self",)),
     ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer.fit", ("self",)),
     ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._shutdown_dump_executor", ("self",)),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer._val_metrics_update",
+     ("self", "data_sources", "sample_uids", "reward_extra_infos_dict", "sample_turns")),
     ("verl.utils.device", "auto_set_device", ("config",)),
     # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
     ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),

@@ -7,6 +7,10 @@
   returned ``meta_info["metrics"]`` into the step's metrics right after it.
 * Metrics history on resume: after verl loads a checkpoint (``_load_checkpoint``), the lines of the
   steps that will be run again are dropped from ``metrics.jsonl`` (see ``metrics_log``).
+* Validation per mode: besides verl's per-data-source metrics, ``val-mode/<mode>/<metric>`` (accuracy,
+  format rate, items scored / failed, and pass@k / maj@k with ``val_kwargs.n`` > 1) computed by the
+  evaluation CLI's scorer (``verl_audio.eval.scoring.validation_metrics``) from the reward's ``mode``,
+  ``acc``, ``format`` and ``pred``, so a validation line and ``python -m verl_audio.eval`` report the same table.
 * A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
   so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
   save) one step more. Here ``fit`` returns after loading such a checkpoint, before validating.
@@ -22,6 +26,7 @@ import numpy as np
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
+from verl_audio.eval.scoring import validation_metrics
 from verl_audio.trainer import metrics_log
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,11 @@ class AudioPPOTrainer(RayPPOTrainer):
         # reduce_metrics averages lists; one value per key keeps the mean as computed here
         output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
         return output
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns):
+        metrics = super()._val_metrics_update(data_sources, sample_uids, reward_extra_infos_dict, sample_turns)
+        metrics.update(validation_metrics(sample_uids, reward_extra_infos_dict))
+        return metrics
 
     def fit(self) -> None:
         try:

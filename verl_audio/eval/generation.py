@@ -1,0 +1,150 @@
+"""Generation backends for evaluation: prompts in, K decoded responses per prompt out.
+
+A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]`` (``Backend``). Two exist:
+
+* ``hf``: the ``hf`` rollout's generator (``verl_audio.rollout.engine.OmniGenerator``) with the rollout's
+  feature path (``AudioFeaturizer``) and sampling (``SamplingSpec``): the same prefill, positions, banned
+  placeholder ids and sampling as the rollout's validation. Prompts are laid out as verl's
+  ``RLHFDataset`` lays them out (``build_messages``) and decoded without special tokens, as verl's reward
+  manager decodes them.
+* ``vllm``: reserved; refused with a clear message until the project's vLLM rollout backend exists. A vLLM
+  backend passes ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM expands the run itself and would expand
+  pre-expanded ids again) with the clips as ``multi_modal_data``.
+
+A ``Response`` may carry the spoken answer (``audio``) when a backend produces speech itself; otherwise the
+CLI asks a speech synthesizer (``verl_audio.eval.speech``) for rows whose output is audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "vllm")
+AUDIO_TAG = "<audio>"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How responses are drawn: greedy (temperature 0) by default, ``n`` per prompt."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Prompt:
+    """User-turn text with one ``<audio>`` per clip, and the clips as 16 kHz mono float32 arrays."""
+
+    text: str
+    audios: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Response:
+    """One decoded response; ``audio`` = (waveform, rate) when the backend spoke it."""
+
+    text: str
+    token_ids: list[int]
+    finish: str = "stop"
+    audio: tuple[np.ndarray, int] | None = None
+
+
+class Backend(Protocol):
+    """What the CLI needs from a generation backend."""
+
+    name: str
+    processor: Any
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
+        """``sampling.n`` responses per prompt, in prompt order; raises for a batch it cannot generate."""
+        ...
+
+
+def build_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """The chat messages verl's ``RLHFDataset._build_messages`` makes of a row: ``<audio>`` tags -> audio parts."""
+    if not prompt.audios:
+        return [{"role": "user", "content": prompt.text}]
+    content, clips = [], iter(prompt.audios)
+    for segment in re.split(f"({AUDIO_TAG})", prompt.text):
+        if segment == AUDIO_TAG:
+            content.append({"type": "audio", "audio": next(clips)})
+        elif segment:
+            content.append({"type": "text", "text": segment})
+    return [{"role": "user", "content": content}]
+
+
+def chat_text(processor: Any, prompt: Prompt) -> str:
+    """The chat-template text of a prompt, generation prompt added (one ``<|AUDIO|>`` per clip, unexpanded)."""
+    return processor.apply_chat_template(build_messages(prompt), add_generation_prompt=True, tokenize=False)
+
+
+def prompt_token_ids(processor: Any, prompt: Prompt) -> list[int]:
+    """Token ids with each clip's ``<|AUDIO|>`` run expanded to its whole length, as the processor does in training."""
+    from verl_audio.models.audio_features import SAMPLING_RATE
+
+    text = chat_text(processor, prompt)
+    audio = {"audio": prompt.audios, "sampling_rate": SAMPLING_RATE} if prompt.audios else {}
+    return processor(text=[text], return_tensors="pt", **audio)["input_ids"][0].tolist()
+
+
+class HFBackend:
+    """The ``hf`` rollout's generator on one device (module doc)."""
+
+    name = "hf"
+
+    def __init__(self, model: str, *, device: str = "cpu", dtype: str = "float32", processor: str | None = None,
+                 seed: int = 0) -> None:
+        import torch
+
+        from verl_audio.models.audio_features import load_omni_processor
+        from verl_audio.rollout.engine import OmniGenerator
+        from verl_audio.rollout.features import AudioFeaturizer
+
+        self.processor = load_omni_processor(processor or model)
+        self.generator = OmniGenerator(str(model), device=device, dtype=getattr(torch, dtype), seed=seed)
+        self.featurizer = AudioFeaturizer(self.processor.feature_extractor, self.generator.audio_token_id)
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
+        from verl_audio.rollout.engine import GenRequest
+        from verl_audio.rollout.sampling import SamplingSpec
+
+        requests = []
+        for prompt in prompts:
+            ids = prompt_token_ids(self.processor, prompt)
+            room = self.generator.max_positions - len(ids)
+            if room < 1:
+                raise ValueError(f"prompt of {len(ids)} tokens leaves no room within {self.generator.max_positions}")
+            spec = SamplingSpec(max_tokens=min(sampling.max_new_tokens, room), temperature=sampling.temperature,
+                                top_p=sampling.top_p)
+            clips = self.featurizer.prepare(ids, prompt.audios)
+            requests.extend(GenRequest(ids, clips, spec) for _ in range(sampling.n))
+        outputs = self.generator.generate(requests)
+        decode = self.processor.tokenizer.decode
+        responses = [Response(decode(o.token_ids, skip_special_tokens=True), list(o.token_ids), o.finish)
+                     for o in outputs]
+        return [responses[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
+
+
+VLLM_UNAVAILABLE = (
+    "--backend vllm is not available in the evaluation CLI yet: it will use the project's vLLM rollout backend "
+    "once that exists (any object with this module's Backend.generate plugs in); use --backend hf"
+)
+
+
+def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
+    """The backend called ``name`` (``BACKENDS``) for the checkpoint ``model``."""
+    if name == "hf":
+        return HFBackend(model, **{k: v for k, v in kwargs.items() if k in ("device", "dtype", "processor", "seed")})
+    if name == "vllm":
+        raise ValueError(VLLM_UNAVAILABLE)
+    raise ValueError(f"--backend must be one of {BACKENDS}, got {name!r}")
