@@ -41,7 +41,7 @@ class RayNodes:
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
                     # a raylet waits this long for its agents (Python processes, slow to start on busy cores)
-                    "RAY_agent_register_timeout_ms": "120000"}
+                    "RAY_agent_register_timeout_ms": "120000", "RAY_raylet_start_wait_time_s": "120"}
         self.env.pop("RAY_ADDRESS", None)
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
@@ -53,7 +53,16 @@ class RayNodes:
                  "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
         return [f"--{name}={free_port()}" for name in names]
 
-    def _start(self, args: list[str], wrap: list[str] | None = None, timeout: float = 120) -> None:
+    def _start(self, args: list[str], wrap: list[str] | None = None, attempts: int = 3) -> None:
+        """``ray start`` a node; on busy cores its Python agents can miss Ray's fixed 30 s start-up window: retry."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(args, wrap)
+            except RuntimeError:
+                if attempt == attempts - 1:
+                    raise
+
+    def _start_once(self, args: list[str], wrap: list[str] | None, timeout: float = 180) -> None:
         log = Path(self.temp_dir) / f"node{len(self.procs)}.log"
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                "--object-store-memory=150000000", *self._ports(), *args]
@@ -67,7 +76,8 @@ class RayNodes:
         while STARTED not in log.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 text = log.read_text()[-4000:]
-                self.stop()
+                self._stop_one(self.procs.pop())
+                self.logs.pop()
                 raise RuntimeError(f"ray start failed ({' '.join(cmd)}):\n{text}")
             time.sleep(0.5)
 
@@ -93,16 +103,21 @@ class RayNodes:
     def stop(self) -> None:
         """Stop every process these nodes started (their sessions), worker nodes first, then the head."""
         for proc in reversed(self.procs):
-            sid = proc.pid  # session leader: start_new_session
-            members = [p for p in psutil.process_iter() if _sid(p) == sid]
-            for p in members:
-                _signal(p, signal.SIGTERM)
-            _, alive = psutil.wait_procs(members, timeout=15)
-            for p in alive + [p for p in psutil.process_iter() if _sid(p) == sid]:
-                _signal(p, signal.SIGKILL)
-            proc.wait(timeout=15)
+            self._stop_one(proc)
         self.procs.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+    @staticmethod
+    def _stop_one(proc: subprocess.Popen) -> None:
+        sid = proc.pid  # session leader: start_new_session
+        members = [p for p in psutil.process_iter() if _sid(p) == sid]
+        for p in members:
+            _signal(p, signal.SIGTERM)
+        _, alive = psutil.wait_procs(members, timeout=15)
+        for p in alive + [p for p in psutil.process_iter() if _sid(p) == sid]:
+            _signal(p, signal.SIGKILL)
+        proc.wait(timeout=15)
 
 
 def _sid(proc: psutil.Process) -> int | None:

@@ -133,6 +133,12 @@ REQUIRED: list[Requirement] = [
     # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
     ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),
     ("verl.utils.tracking", "FileLogger.log", ("self", "data", "step")),
+    # --- joining a Ray cluster (verl_audio.trainer.cluster) ---
+    ("verl.trainer.constants_ppo", "get_ppo_ray_runtime_env", ("config",)),
+    # its max_colocate_count default is the CPUs per worker bundle that the resource check counts
+    ("verl.single_controller.ray.base", "ResourcePoolManager", ("resource_pool_spec", "mapping",
+                                                               "max_colocate_count")),
+    ("ray._private.state", "available_resources_per_node", None),
 ]
 
 
