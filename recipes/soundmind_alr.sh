@@ -31,7 +31,11 @@ tiny)
   MODEL=$OUTPUTS/$EXP/tiny_omni DATA=$OUTPUTS/$EXP/data
   # head dim 32: vLLM's CPU attention has no kernel for the builder's default 16
   [[ -f $MODEL/config.json ]] || $PY -m verl_audio.models.tiny --out "$MODEL" --talker --vocab small --head-dim 32
-  [[ -f $DATA/train.parquet ]] || $PY examples/data_preprocess/alr.py --src verl_audio/data/demo_sample \
+  # the rows name their audio by absolute path: prepare from a copy in the outputs, so that they never
+  # point into a Ray job's temporary working_dir (which a resubmitted job does not have)
+  SAMPLE=$OUTPUTS/$EXP/demo_sample
+  [[ -d $SAMPLE ]] || { mkdir -p "$OUTPUTS/$EXP" && cp -r verl_audio/data/demo_sample "$SAMPLE"; }
+  [[ -f $DATA/train.parquet ]] || $PY examples/data_preprocess/alr.py --src "$SAMPLE" \
     --out "$DATA" --input-modality audio --output-modality text --splits train,dev
   set -- trainer.experiment_name="$EXP" verl_audio.output_dir="$OUTPUTS/$EXP" actor_rollout_ref.model.path="$MODEL" \
     data.train_files="$DATA/train.parquet" data.val_files="$DATA/dev.parquet" \

@@ -176,6 +176,12 @@ REQUIRED: list[Requirement] = [
     ("vllm.v1.sample.sampler", "Sampler.forward", ("self", "logits", "sampling_metadata")),
     ("vllm.v1.sample.sampler", "Sampler.compute_logprobs", ("logits",)),
     ("vllm.v1.sample.sampler", "Sampler.apply_logits_processors", ("self", "logits", "sampling_metadata")),
+    # --- joining a Ray cluster (verl_audio.trainer.cluster) ---
+    ("verl.trainer.constants_ppo", "get_ppo_ray_runtime_env", ("config",)),
+    # its max_colocate_count default is the CPUs per worker bundle that the resource check counts
+    ("verl.single_controller.ray.base", "ResourcePoolManager", ("resource_pool_spec", "mapping",
+                                                               "max_colocate_count")),
+    ("ray._private.state", "available_resources_per_node", None),
 ]
 
 #: Upstream bodies whose *inside* verl-audio depends on, pinned by a hash of their source:

@@ -9,7 +9,9 @@ installed; ``cpu``: always; ``gpu``: never). What it changes, each logged:
   pools, ``_check_resource_available`` and accelerator-id lookups count ``GPU`` resources, and the
   CPU platform reports that resource name, so each training worker takes one logical slot (a CPU
   process) with no patch to verl's pool code; ``num_cpus`` is ``verl_audio.cpu_ray_cpus`` (logical
-  too: each worker bundle asks for 3 CPUs);
+  too: each worker bundle asks for 3 CPUs). When joining an existing cluster (``joining``) nothing
+  is set here: each node declares the same logical slots at ``ray start --num-gpus=N --num-cpus=M``
+  and ``cluster.check_resources`` checks them (docs/cluster.md);
 * torch.compile is turned off for the actor and reference (no compiler is needed on CPU);
 * the model's attention becomes ``sdpa`` unless ``override_config.attn_implementation`` is set
   (verl's default, flash attention, does not exist on CPU).
@@ -68,8 +70,11 @@ def set_env_vars(config: DictConfig, env: dict[str, str]) -> None:
             node[key] = str(value)
 
 
-def apply(config: DictConfig) -> list[str]:
-    """Set the CPU-mode keys (module doc) on ``config`` in place; return ``key=value`` lines for the log."""
+def apply(config: DictConfig, joining: bool = False) -> list[str]:
+    """Set the CPU-mode keys (module doc) on ``config`` in place; return ``key=value`` lines for the log.
+
+    ``joining``: the run joins an existing Ray cluster, whose nodes declare their (logical) resources.
+    """
     rollout = config.actor_rollout_ref.rollout.name
     if rollout not in CPU_ROLLOUTS:
         raise ValueError(f"CPU mode runs only the {CPU_ROLLOUTS} rollout backend, got "
@@ -82,9 +87,12 @@ def apply(config: DictConfig) -> list[str]:
     with open_dict(config):
         config.trainer.device = "cpu"
         changes["trainer.device"] = "cpu"
-        config.ray_kwargs.ray_init.num_gpus = slots
-        changes["ray_kwargs.ray_init.num_gpus (logical worker slots)"] = slots
-        if config.ray_kwargs.ray_init.get("num_cpus") is None:
+        if joining:
+            changes["worker slots (logical GPUs the cluster's nodes declare at `ray start --num-gpus`)"] = slots
+        else:
+            config.ray_kwargs.ray_init.num_gpus = slots
+            changes["ray_kwargs.ray_init.num_gpus (logical worker slots)"] = slots
+        if not joining and config.ray_kwargs.ray_init.get("num_cpus") is None:
             config.ray_kwargs.ray_init.num_cpus = int(config.verl_audio.cpu_ray_cpus)
             changes["ray_kwargs.ray_init.num_cpus (logical)"] = config.ray_kwargs.ray_init.num_cpus
         for role in ("actor", "ref"):

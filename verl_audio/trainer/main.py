@@ -8,6 +8,10 @@ verl's own entry (``verl.trainer.main_ppo``) with:
   imports ``transfer_queue``, which verl does not install; our ``AudioTaskRunner`` builds
   ``AudioPPOTrainer`` (reward components per step, resumable ``metrics.jsonl``);
 * CPU mode when no accelerator is visible (``cpu_mode``), said so in the log;
+* an existing Ray cluster joined instead of a local Ray started when ``RAY_ADDRESS`` is set (as
+  ``ray job submit`` does) or ``ray_kwargs.ray_init.address`` is given, with its resources and, on
+  more than one node, every node's view of the run's paths checked before any worker starts
+  (``cluster``, docs/cluster.md);
 * everything a run writes under ``verl_audio.output_dir``: ``metrics.jsonl`` (verl's file logger,
   kept across resumes), ``tensorboard/``, ``checkpoints/``, then ``hf_export/`` (the last checkpoint
   exported with ``verl_audio.models.export``) and ``reward_curve.png``.
@@ -24,7 +28,7 @@ import hydra
 import verl  # noqa: F401  (first: loads the verl-audio plugin before anything imports verl_audio.platform)
 from omegaconf import DictConfig, open_dict
 
-from verl_audio.trainer import cpu_mode, metrics_log
+from verl_audio.trainer import cluster, cpu_mode, metrics_log
 
 logger = logging.getLogger("verl_audio.trainer")
 
@@ -58,7 +62,7 @@ def prepare(config: DictConfig) -> Path:
 
     use_cpu, why = cpu_mode.wants_cpu(config)
     if use_cpu:
-        changes = cpu_mode.apply(config)
+        changes = cpu_mode.apply(config, joining=cluster.address(config) is not None)
         logger.warning("verl-audio: CPU mode, because %s:\n  %s", why, "\n  ".join(changes))
     else:
         logger.warning("verl-audio: accelerator mode, because %s", why)
@@ -120,6 +124,10 @@ def run(config: DictConfig) -> None:
     out = prepare(config)
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    address = cluster.address(config)
+    if address is not None:  # verl's run_ppo then finds Ray initialized and starts nothing
+        lines = cluster.join(config, address, cpu_mode=config.trainer.device == "cpu")
+        logger.warning("verl-audio: cluster mode:\n  %s", "\n  ".join(lines))
     run_ppo(config, task_runner_class=AudioTaskRunner)
     finish(config, out)
 
