@@ -290,7 +290,7 @@ class AudioRLHFDataset(RLHFDataset):
                     part["audio"] = str(confine(part["audio"], self.audio_roots))
         return row
 
-    def _measure(self, doc: dict, warnings: list) -> int:
+    def _measure(self, doc: dict, warnings: list | None = None) -> int:
         apply_kwargs = dict(**self.apply_chat_template_kwargs)
         if self.tool_schemas is not None:
             apply_kwargs["tools"] = self.tool_schemas
@@ -306,7 +306,7 @@ class AudioRLHFDataset(RLHFDataset):
             messages, add_generation_prompt=True, tokenize=False, **apply_kwargs
         )
         images, videos, _ = super()._process_multi_modal_info(messages, self.image_patch_size, self.config)
-        audios = self._row_audio(doc, warnings, want_samples=True) or None
+        audios = self._row_audio(doc, [] if warnings is None else warnings, want_samples=True) or None
         if images is None and videos is None and audios is None:
             ids = self.processor.tokenizer(text=raw_prompt, add_special_tokens=False, return_attention_mask=False)
             return len(ids["input_ids"])
