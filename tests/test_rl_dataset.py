@@ -149,8 +149,9 @@ def test_audio_rows_load_16k_arrays(release, tmp_path, tokenizer):
     item = ds[2]
     (audio_item,) = [c for c in item["raw_prompt"][0]["content"] if c["type"] == "audio"]
     assert audio_item["audio"].endswith("0003/question.wav")
-    images, videos, audios = asyncio.run(
-        AudioRLHFDataset.process_multi_modal_info(item["raw_prompt"], image_patch_size=14, config=ds.config)
+    images, videos, audios = asyncio.run(  # the agent loop's config names the parquet, which records the root
+        AudioRLHFDataset.process_multi_modal_info(item["raw_prompt"], image_patch_size=14,
+                                                  config=_config(tmp_path, train_files=[str(parquet)]))
     )
     assert images is None and videos is None
     (audio,) = audios
@@ -167,17 +168,23 @@ def test_audio_rows_without_a_processor_are_refused(release, tmp_path, tokenizer
         _dataset(parquet, tokenizer, _config(tmp_path, filter_overlong_prompts=False))
 
 
-def test_bad_audio_raises_instead_of_dropping(release, tmp_path, tokenizer):
+def test_bad_audio_under_error_raises_instead_of_dropping(release, tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("VERL_AUDIO_ON_BAD_AUDIO", "error")
     parquet = _prepare(release, tmp_path / "out", "audio")
     broken = release / "dev" / "0002" / "question.wav"
     broken.write_bytes(broken.read_bytes()[:100])  # corrupted after preparation
     with pytest.raises(AudioError, match="truncated") as info:
         _dataset(parquet, tokenizer, _config(tmp_path), StubAudioProcessor(tokenizer))
     assert info.value.path == str(broken.resolve())
-    # the agent loop's path raises the same way
+    # drawing the row raises the same way, and so does the agent loop's path
     ds = _dataset(parquet, tokenizer, _config(tmp_path, filter_overlong_prompts=False), StubAudioProcessor(tokenizer))
     with pytest.raises(AudioError, match="0002/question.wav"):
-        asyncio.run(AudioRLHFDataset.process_multi_modal_info(ds[1]["raw_prompt"], 14, ds.config))
+        ds[1]
+    raw = ds.dataframe[1]
+    messages = ds._build_messages(raw, key=ds.prompt_key)
+    config = _config(tmp_path, audio_root=str(release))
+    with pytest.raises(AudioError, match="0002/question.wav"):
+        asyncio.run(AudioRLHFDataset.process_multi_modal_info(messages, 14, config))
 
 
 def test_other_measuring_errors_name_the_row(release, tmp_path, tokenizer):
@@ -226,7 +233,8 @@ def test_with_the_omni_processor(release, tmp_path):
     ds = _dataset(parquet, processor.tokenizer, _config(tmp_path), processor)
     assert len(ds) == 3
     item = ds[2]
-    _, _, audios = asyncio.run(AudioRLHFDataset.process_multi_modal_info(item["raw_prompt"], 14, ds.config))
+    _, _, audios = asyncio.run(AudioRLHFDataset.process_multi_modal_info(
+        item["raw_prompt"], 14, _config(tmp_path, audio_root=str(release))))
     assert audios[0].shape == (4 * 16000,)
     text = processor.apply_chat_template(item["raw_prompt"], add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], audio=audios, sampling_rate=16000, return_tensors="pt")

@@ -4,7 +4,7 @@
         --input-modality audio --output-modality text [--splits train,dev,test] [--strict]
 
 SRC is a local folder in the release layout (or holding train/dev/test.jsonl), or the Hub id
-SoundMind-RL/SoundMindDataset. Writes OUT/<split>.parquet and OUT/<split>.rejected.jsonl.
+SoundMind-RL/SoundMindDataset. Writes OUT/<split>.parquet, OUT/<split>.rejected.jsonl and OUT/<split>.warnings.jsonl.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-modality", choices=("audio", "text", "both"), default="audio")
     parser.add_argument("--output-modality", choices=("text", "audio"), default="text")
     parser.add_argument("--splits", default="train,dev,test", help="comma-separated (default: train,dev,test)")
-    parser.add_argument("--strict", action="store_true", help="stop with an error at the first bad row")
+    parser.add_argument("--strict", action="store_true", help="reject flagged clips (clipping, silent, over-long) too, and fail when any row is rejected, naming every one (no parquet is written)")
     parser.add_argument("--download-dir", default=None, help="where a Hub download goes (default: HF cache)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

@@ -87,7 +87,7 @@ def evaluate(
     batch_size: int = 50,
 ) -> list[ClipResult]:
     """Greedy answers of ``model`` for every labelled clip of ``audio_dir`` (module doc)."""
-    from verl_audio.data.rl_dataset import to_array
+    from verl_audio.data.confine import load_confined_audio
     from verl_audio.models.audio_features import SAMPLING_RATE, load_omni_processor
     from verl_audio.rollout.engine import GenRequest, OmniGenerator
     from verl_audio.rollout.features import AudioFeaturizer
@@ -105,7 +105,7 @@ def evaluate(
         batch = clips[start : start + batch_size]
         requests = []
         for path, _ in batch:
-            audio = to_array(str(path), SAMPLING_RATE)
+            audio = load_confined_audio(path, [audio_dir], SAMPLING_RATE)  # a symlink out of the folder is refused
             ids = prompt_ids(processor, audio)
             requests.append(GenRequest(ids, featurizer.prepare(ids, [audio]), greedy))
         for (path, label), out in zip(batch, generator.generate(requests), strict=True):

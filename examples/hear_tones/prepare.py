@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from verl_audio.data.confine import record_audio_root
 from verl_audio.data.tones import generate_tones, tone_rows
 
 #: seed offsets of the splits: each split is generated from its own seed
@@ -50,6 +51,7 @@ def write_rows(records: list[dict], split: str, path: Path) -> int:
     """Write the verl rows of ``records`` to ``path`` (parquet); return the row count."""
     rows = tone_rows(records, split)
     pd.DataFrame(rows).to_parquet(path, index=False)
+    record_audio_root(path, path.parent)  # the dataset opens no audio outside the output folder
     return len(rows)
 
 

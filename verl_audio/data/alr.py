@@ -1,7 +1,10 @@
 """ALR (audio logical reasoning) -> verl RLHF parquet: one validated row per problem, or a reported rejection.
 
-For each split, `OUT/<split>.parquet` holds the rows verl's RLHFDataset reads and
-`OUT/<split>.rejected.jsonl` one line per bad input row (id, path, reason); rows in = written + rejected.
+For each split, `OUT/<split>.parquet` holds the rows verl's RLHFDataset reads (its metadata records
+the audio root, SRC, for `verl_audio.data.confine`), `OUT/<split>.rejected.jsonl` one line per bad input
+row (id, path, kind, reason; rows in = written + rejected) and `OUT/<split>.warnings.jsonl` one line per
+written row whose question audio is flagged (clipping, silent, over-long). Every bad row of a split is
+found in one pass; `strict` rejects flagged rows too and then fails, naming every rejected row.
 The ground truth comes from `label` only: some reference reasonings end with the opposite word.
 """
 
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from verl_audio.data.alr_rows import (  # noqa: F401  (re-exported: the row API 
     reasoning_label,
 )
 from verl_audio.data.alr_sources import SourceRow, download_release, is_hub_id, read_split
+from verl_audio.data.confine import AUDIO_ROOT_KEY
 
 SPLITS = ("train", "dev", "test")
 InputModality = Literal["audio", "text", "both"]
@@ -55,8 +58,10 @@ class SplitReport:
     contradictions: int = 0  # written rows whose reasoning ends with the other label word
     unparsed: int = 0  # written rows whose reasoning's last line names no label word
     reasons: Counter = field(default_factory=Counter)  # rejection reason kind -> rows
+    flagged: Counter = field(default_factory=Counter)  # quality flag kind -> written rows carrying it
     parquet: Path | None = None
     rejected_path: Path | None = None
+    warnings_path: Path | None = None
     seconds: float = 0.0
 
 
@@ -109,21 +114,26 @@ def prepare_alr(
 def _prepare_split(source, root: Path, out: Path, input_modality, output_modality, strict, progress) -> SplitReport:
     start = time.perf_counter()
     report = SplitReport(split=source.split, source=source.description, rows_in=len(source.rows))
-    rows, rejected, seen = [], [], {}
+    rows, rejected, warnings, seen = [], [], [], {}
     for src_row in tqdm(source.rows, desc=f"alr {source.split}", unit="row", disable=not progress):
+        flags: list[dict] = []
         try:
-            row = build_row(src_row, root, input_modality, output_modality)
+            row = build_row(src_row, root, input_modality, output_modality, flags=flags)
             rid = row["extra_info"]["id"]
             if rid in seen:
-                raise RowError(f"duplicate id {rid!r} (first at {seen[rid]})")
+                raise RowError(f"duplicate id {rid!r} (first at {seen[rid]})", kind="duplicate id")
+            if strict and flags:  # under --strict a flagged clip is a bad row
+                raise RowError("; ".join(f["reason"] for f in flags), flags[0]["path"], flags[0]["kind"])
             seen[rid] = src_row.origin
         except RowError as e:
-            if strict:
-                raise PrepError(f"{src_row.origin}: id {_raw_id(src_row)!r}: {e}") from e
             rejected.append(_rejection(src_row, e))
-            report.reasons[_reason_kind(e.reason)] += 1
+            report.reasons[e.kind] += 1
             continue
         rows.append(row)
+        for flag in flags:
+            warnings.append({"id": rid, "split": src_row.split, "index": src_row.ordinal, "source": src_row.origin,
+                             **flag})
+            report.flagged[flag["kind"]] += 1
         word = row["reward_model"]["ground_truth"]
         report.labels[word] += 1
         said = reasoning_label(row["extra_info"]["ref_text"])
@@ -136,9 +146,16 @@ def _prepare_split(source, root: Path, out: Path, input_modality, output_modalit
     assert report.rows_in == report.written + report.rejected, (report.rows_in, report.written, report.rejected)
     report.parquet = out / f"{source.split}.parquet"
     report.rejected_path = out / f"{source.split}.rejected.jsonl"
-    _atomic_write(report.parquet, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp))
-    lines = "".join(json.dumps(r) + "\n" for r in rejected)
-    _atomic_write(report.rejected_path, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+    report.warnings_path = out / f"{source.split}.warnings.jsonl"
+    for path, records in ((report.rejected_path, rejected), (report.warnings_path, warnings)):
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        _atomic_write(path, lambda tmp, lines=lines: Path(tmp).write_text(lines, encoding="utf-8"))
+    if strict and rejected:  # every bad row is listed, and no parquet is written
+        listed = "".join(f"\n  {r['source']}: id {r['id']!r}: {r['path'] or ''}: {r['reason']}" for r in rejected[:50])
+        raise PrepError(f"split {source.split!r}: {len(rejected)} of {report.rows_in} rows rejected under --strict "
+                        f"(all in {report.rejected_path}):{listed}")
+    schema = SCHEMA.with_metadata({AUDIO_ROOT_KEY: str(root.resolve()).encode("utf-8")})
+    _atomic_write(report.parquet, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -152,6 +169,9 @@ def format_report(reports: list[SplitReport]) -> str:
         lines.append(f"  rows in {r.rows_in} = written {r.written} + rejected {r.rejected}  ({r.seconds:.1f} s)")
         if r.reasons:
             lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in r.reasons.most_common()))
+        if r.flagged:
+            lines.append("  written but flagged: " + ", ".join(f"{k} {v}" for k, v in r.flagged.most_common())
+                         + f" (see {r.warnings_path})")
         ent, nent = r.labels[ENTAILED], r.labels[NOT_ENTAILED]
         lines.append(
             f"  labels: {ENTAILED} {ent} ({100 * ent / n:.1f}%), {NOT_ENTAILED} {nent} ({100 * nent / n:.1f}%)"
@@ -160,7 +180,7 @@ def format_report(reports: list[SplitReport]) -> str:
             f"  reference reasonings whose last line contradicts the label: {r.contradictions} "
             f"({100 * r.contradictions / n:.1f}%); naming no label: {r.unparsed}"
         )
-        lines.append(f"  wrote {r.parquet} and {r.rejected_path}")
+        lines.append(f"  wrote {r.parquet}, {r.rejected_path} and {r.warnings_path}")
     return "\n".join(lines)
 
 
@@ -176,14 +196,9 @@ def _rejection(src_row: SourceRow, error: RowError) -> dict:
         "index": src_row.ordinal,
         "source": src_row.origin,
         "path": error.path,
+        "kind": error.kind,
         "reason": error.reason,
     }
-
-
-def _reason_kind(reason: str) -> str:
-    """A short bucket for the summary (the full reason is in rejected.jsonl)."""
-    head = re.split(r"[:(]", reason, maxsplit=1)[0]
-    return re.sub(r"\d+(\.\d+)?", "N", head).strip()[:60]
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -14,6 +14,7 @@ import pyarrow as pa
 from verl_audio.contract import ENTAILED, NOT_ENTAILED, label_to_word, with_instruction
 from verl_audio.data.alr_sources import PathEscapeError, SourceRow, resolve_inside
 from verl_audio.data.audio import AudioError, audio_duration, decode_audio
+from verl_audio.data.audio_quality import flag_kind, quality_flags
 
 DATA_SOURCE = "alr"
 ABILITY = "logical-reasoning"
@@ -51,15 +52,21 @@ SCHEMA = pa.schema(
 
 
 class RowError(ValueError):
-    """A bad input row: `reason`, and the file it concerns when there is one."""
+    """A bad input row: `reason`, the file it concerns when there is one, and a short `kind` for summaries."""
 
-    def __init__(self, reason: str, path: str | None = None):
+    def __init__(self, reason: str, path: str | None = None, kind: str | None = None):
         self.reason, self.path = reason, path
+        # without an explicit kind: the reason with quoted values and numbers taken out (no bucket per id)
+        self.kind = kind or re.sub(r"\d+(\.\d+)?", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "…", reason)).split(":")[0][:60]
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
-def build_row(src_row: SourceRow, root: Path, input_modality: str, output_modality: str) -> dict:
-    """One validated parquet row from a source row; RowError says why it cannot be one."""
+def build_row(src_row: SourceRow, root: Path, input_modality: str, output_modality: str,
+              flags: list[dict] | None = None) -> dict:
+    """One validated parquet row from a source row; RowError says why it cannot be one.
+
+    Quality flags of the question audio (clipping, silence, over-long) are appended to `flags` as
+    {path, kind, reason}; the row is still built (the caller decides whether to reject it)."""
     if src_row.data is None:
         raise RowError(src_row.error or "unparseable row")
     data = src_row.data
@@ -76,13 +83,13 @@ def build_row(src_row: SourceRow, root: Path, input_modality: str, output_modali
 
     uses_question_audio = input_modality in ("audio", "both")
     q_path, q_seconds = _audio(
-        root, src_row, src_row.question_ref, "question_file_name", uses_question_audio, decode=True
+        root, src_row, src_row.question_ref, "question_file_name", uses_question_audio, decode=True, flags=flags
     )
     a_ref = src_row.answer_ref.replace("{label}", str(label)) if src_row.answer_ref else None
     if a_ref:
         named = re.fullmatch(r"answer_(\d+)\.\w+", Path(a_ref).name)
         if named and int(named.group(1)) != label:
-            raise RowError(f"answer file {Path(a_ref).name} disagrees with label {label}", a_ref)
+            raise RowError(f"answer file {Path(a_ref).name} disagrees with label {label}", a_ref, "answer file label")
     a_path, a_seconds = _audio(root, src_row, a_ref, "answer_file_name", output_modality == "audio", decode=False)
 
     if input_modality == "audio":
@@ -135,26 +142,30 @@ def reasoning_label(text: str | None) -> str | None:
     return ENTAILED if found[-1].lower() == "entailed" else NOT_ENTAILED
 
 
-def _audio(root, src_row, ref, field_name, required: bool, decode: bool) -> tuple[str | None, float | None]:
+def _audio(root, src_row, ref, field_name, required: bool, decode: bool,
+           flags: list[dict] | None = None) -> tuple[str | None, float | None]:
     """(real path, seconds) of an audio reference. A required one must exist and be valid; an
     optional one that is absent gives (None, None), but one that is present must still be valid."""
     if ref is None:
         if required:
-            raise RowError(f"no audio path (field {field_name!r} missing)")
+            raise RowError(f"no audio path (field {field_name!r} missing)", kind="no audio path")
         return None, None
     try:
         path = resolve_inside(root, src_row.base, ref)
     except PathEscapeError as e:
-        raise RowError(str(e), ref) from None
+        raise RowError(str(e), ref, "outside root") from None
     if not path.exists() and not required:
         return None, None
     try:
         if decode and required:  # model input: decode all of it once, as training will
             data, sr = decode_audio(path)
+            for flag in quality_flags(data, sr):
+                if flags is not None:
+                    flags.append({"path": str(path), "kind": flag_kind(flag), "reason": flag})
             return str(path), data.shape[0] / sr
         return str(path), audio_duration(path)  # header only: answers run to minutes
     except AudioError as e:
-        raise RowError(e.reason, e.path) from None
+        raise RowError(e.reason, e.path, e.kind) from None
 
 
 def _text(data: dict, keys: tuple[str, ...], required: bool) -> str | None:

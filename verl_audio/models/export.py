@@ -14,8 +14,14 @@ The thinker comes from the checkpoint's sharded ``model_world_size_W_rank_R.pt``
 FSDP2), merged by verl's ``FSDPModelMerger``, or, without shards, from the full model verl writes to
 ``huggingface/`` when ``checkpoint.save_contents`` holds ``hf_model``. Its tensor names and shapes
 must equal the base's thinker; the checkpoint may hold a thinker-only model (``model.*``,
-``audio_tower.*``, ``visual.*``, ``lm_head.weight``) or the full model (``thinker.*`` ...). Weights are
-read and written as safetensors only; LoRA checkpoints are refused (merge the adapter first).
+``audio_tower.*``, ``visual.*``, ``lm_head.weight``) or the full model (``thinker.*`` ...). LoRA
+checkpoints are refused (merge the adapter first).
+
+What is unpickled: verl's FSDP shards are torch pickles, and verl's merger loads them with
+``weights_only=False``. Each shard is first opened here with ``torch.load(weights_only=True, mmap=True)``,
+which accepts only tensors, containers and the DTensor/DeviceMesh types torch itself allow-lists; a shard
+holding anything else is refused before the merger reads it. The base model and the export are
+safetensors only. Still, export only checkpoints you or your own runs wrote.
 """
 
 from __future__ import annotations
@@ -57,6 +63,18 @@ def _merge_fsdp_shards(ckpt: Path) -> dict[str, torch.Tensor]:
     return merger._load_and_merge_state_dicts(world_size, total_shards, mesh_shape, mesh_dim_names)
 
 
+def check_shard_weights_only(path: Path) -> None:
+    """Open one shard with ``weights_only=True`` (memory-mapped: nothing is read but its structure);
+    ValueError when it holds anything but tensors and torch's allow-listed DTensor types."""
+    import torch.distributed.tensor  # noqa: F401  (registers DTensor, DeviceMesh, Shard, ... as safe globals)
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # pickle.UnpicklingError and friends: whatever it is, it is not plain weights
+        raise ValueError(f"{path} is not a plain-weights checkpoint shard (torch.load(weights_only=True) refused it: "
+                         f"{type(e).__name__}: {str(e)[:300]}); it is not loaded") from e
+
+
 def load_checkpoint_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state of a verl FSDP actor checkpoint directory, names as saved."""
     ckpt = Path(ckpt)
@@ -69,6 +87,8 @@ def load_checkpoint_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     if shards:
         if not (ckpt / "fsdp_config.json").is_file():
             raise FileNotFoundError(f"{ckpt} has model shards but no fsdp_config.json (verl writes both)")
+        for name in shards:
+            check_shard_weights_only(ckpt / name)
         state = _merge_fsdp_shards(ckpt)
     elif hf_weights:
         state = {}
@@ -204,7 +224,10 @@ def verify_export(out: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="verl's FSDP shards are torch pickles: each is checked with torch.load(weights_only=True) before "
+               "verl's merger (weights_only=False) reads it. Export only checkpoints from runs you trust.")
     parser.add_argument("--ckpt", required=True, help="verl actor checkpoint directory (global_step_N/actor)")
     parser.add_argument("--base", required=True, help="the original Qwen2.5-Omni directory (talker, token2wav, processor)")
     parser.add_argument("--out", required=True, help="output directory (must be empty or absent)")

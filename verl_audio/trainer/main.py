@@ -13,7 +13,8 @@ verl's own entry (``verl.trainer.main_ppo``) with:
   more than one node, every node's view of the run's paths checked before any worker starts
   (``cluster``, docs/cluster.md);
 * everything a run writes under ``verl_audio.output_dir``: ``metrics.jsonl`` (verl's file logger,
-  kept across resumes), ``tensorboard/``, ``checkpoints/``, then ``hf_export/`` (the last checkpoint
+  kept across resumes), ``tensorboard/``, ``checkpoints/``, ``bad_audio.jsonl`` and
+  ``audio_warnings.jsonl`` (``verl_audio.data.bad_audio``), then ``hf_export/`` (the last checkpoint
   exported with ``verl_audio.models.export``) and ``reward_curve.png``.
 """
 
@@ -28,6 +29,7 @@ import hydra
 import verl  # noqa: F401  (first: loads the verl-audio plugin before anything imports verl_audio.platform)
 from omegaconf import DictConfig, open_dict
 
+from verl_audio.data import bad_audio, decode_cache
 from verl_audio.trainer import cluster, cpu_mode, metrics_log
 
 logger = logging.getLogger("verl_audio.trainer")
@@ -55,8 +57,17 @@ def prepare(config: DictConfig) -> Path:
             config.actor_rollout_ref.model.path = _absolute(config.actor_rollout_ref.model.path)
     out = Path(config.verl_audio.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    va = config.verl_audio
+    if va.on_bad_audio not in bad_audio.POLICIES:
+        raise ValueError(f"verl_audio.on_bad_audio must be one of {bad_audio.POLICIES}, got {va.on_bad_audio!r}")
+    if config.data.get("audio_root"):
+        with open_dict(config):
+            config.data.audio_root = _absolute(config.data.audio_root)
     env = {metrics_log.PATH_ENV: str(out / "metrics.jsonl"), metrics_log.APPEND_ENV: "1",
-           "TENSORBOARD_DIR": str(out / "tensorboard")}
+           "TENSORBOARD_DIR": str(out / "tensorboard"),
+           # every process that reads audio (trainer, agent-loop workers) follows the same policy
+           bad_audio.ON_BAD_AUDIO_ENV: va.on_bad_audio, bad_audio.REJECT_FLAGGED_ENV: "1" if va.reject_flagged_audio else "0",
+           bad_audio.REPORT_DIR_ENV: str(out), decode_cache.CACHE_MB_ENV: str(va.decode_cache_mb)}
     os.environ.update(env)
     cpu_mode.set_env_vars(config, env)
 

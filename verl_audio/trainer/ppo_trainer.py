@@ -11,6 +11,11 @@
   format rate, items scored / failed, and pass@k / maj@k with ``val_kwargs.n`` > 1) computed by the
   evaluation CLI's scorer (``verl_audio.eval.scoring.validation_metrics``) from the reward's ``mode``,
   ``acc``, ``format`` and ``pred``, so a validation line and ``python -m verl_audio.eval`` report the same table.
+* Bad audio and decodes per step: the datasets are told the step they draw rows for (recorded in
+  ``bad_audio.jsonl``); each training line gets ``bad_audio/skipped`` (rows left out of the step for bad
+  audio), ``audio/clip_decodes`` (clips the rollout's agent-loop workers decoded for the step) and
+  ``audio/check_decodes`` (decodes of the trainer's own checks of drawn rows); validation adds
+  ``val-aux/bad_audio/skipped`` and ``val-aux/audio/clip_decodes``.
 * A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
   so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
   save) one step more. Here ``fit`` returns after loading such a checkpoint, before validating.
@@ -27,6 +32,7 @@ from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_audio.eval.scoring import validation_metrics
+from verl_audio.data.decode_cache import take_decode_count
 from verl_audio.trainer import metrics_log
 
 logger = logging.getLogger(__name__)
@@ -56,9 +62,46 @@ class _RunComplete(Exception):
 class AudioPPOTrainer(RayPPOTrainer):
     """``RayPPOTrainer`` with reward components in each step's metrics and a resumable metrics file."""
 
+    @property
+    def global_steps(self) -> int:
+        return self.__dict__.get("_global_steps", 0)
+
+    @global_steps.setter
+    def global_steps(self, step: int) -> None:
+        # verl sets the step before drawing the batch for it: the datasets record it with each bad row
+        self._global_steps = step
+        for dataset in (getattr(self, "train_dataset", None), getattr(self, "val_dataset", None)):
+            if dataset is not None and hasattr(dataset, "current_step"):
+                dataset.current_step = step
+
+    def _dataset_skips(self, dataset: Any) -> int:
+        report = getattr(dataset, "report", None)
+        return report.take_skipped() if report is not None else 0
+
+    def _rollout_decodes(self) -> int:
+        """Decodes the agent-loop workers made since the last call (each keeps its own count)."""
+        import ray
+
+        workers = getattr(getattr(self, "async_rollout_manager", None), "agent_loop_workers", None) or []
+        return int(sum(ray.get([w.__ray_call__.remote(take_decode_count) for w in workers])))
+
+    def _audio_metrics(self, dataset: Any, prefix: str = "") -> dict[str, float]:
+        metrics = {f"{prefix}bad_audio/skipped": self._dataset_skips(dataset),
+                   f"{prefix}audio/clip_decodes": self._rollout_decodes()}
+        if not prefix:
+            metrics["audio/check_decodes"] = take_decode_count()
+        return metrics
+
+    def _validate(self, merged: bool = False) -> Any:
+        self._audio_metrics(self.val_dataset, "val-aux/")  # counts up to here belong to training
+        result = super()._validate(merged=merged)
+        if isinstance(result, dict) and not merged:
+            result.update(self._audio_metrics(self.val_dataset, "val-aux/"))
+        return result
+
     def _update_actor(self, batch: DataProto) -> DataProto:
         output = super()._update_actor(batch)
-        means = reward_component_means(batch.non_tensor_batch)
+        means = {**reward_component_means(batch.non_tensor_batch), **self._audio_metrics(self.train_dataset)}
         # reduce_metrics averages lists; one value per key keeps the mean as computed here
         output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
         return output

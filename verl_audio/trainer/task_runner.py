@@ -2,7 +2,9 @@
 
 verl's ``main_ppo_v0.TaskRunner`` is a Ray actor class whose ``run`` constructs ``RayPPOTrainer``
 directly, so it cannot be subclassed; ``run`` below is its body (verl 0.9.1) with the trainer class
-swapped. The role/resource-pool helpers are inherited from verl's ``BaseTaskRunner`` unchanged.
+swapped, and the validation dataset set to leave rows with bad audio out of its batches
+(``on_skip="drop"``, collated by ``collate_skipping_bad``) where the training dataset replaces them.
+The role/resource-pool helpers are inherited from verl's ``BaseTaskRunner`` unchanged.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ class AudioTaskRunner(BaseTaskRunner):
     def run(self, config: DictConfig) -> None:
         from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler, need_critic, need_reference_policy
         from verl.utils.config import omega_conf_to_dataclass, validate_config
-        from verl.utils.dataset.rl_dataset import collate_fn
         from verl.workers.config import HFModelConfig
 
+        from verl_audio.data.rl_dataset import collate_skipping_bad
         from verl_audio.trainer.ppo_trainer import AudioPPOTrainer
 
         print(f"AudioTaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
@@ -49,6 +51,8 @@ class AudioTaskRunner(BaseTaskRunner):
                                      max_samples=config.data.get(f"{split}_max_samples", -1))
             for split, files in (("train", config.data.train_files), ("val", config.data.val_files))
         }
+        if hasattr(datasets["val"], "on_skip"):
+            datasets["val"].on_skip, datasets["val"].phase = "drop", "val"
         trainer = AudioPPOTrainer(
             config=config,
             tokenizer=tokenizer,
@@ -58,7 +62,7 @@ class AudioTaskRunner(BaseTaskRunner):
             ray_worker_group_cls=ray_worker_group_cls,
             train_dataset=datasets["train"],
             val_dataset=datasets["val"],
-            collate_fn=collate_fn,
+            collate_fn=collate_skipping_bad,
             train_sampler=create_rl_sampler(config.data, datasets["train"]),
         )
         trainer.init_workers()
