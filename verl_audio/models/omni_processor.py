@@ -13,7 +13,8 @@ expects instead:
 * ``processor.get_rope_index``: transformers' Omni ``get_rope_index`` (see ``positions``), returning
   ``(3, B, L)`` TMRoPE rows,
 * ``processor.get_rope_index_kwargs(multi_modal_inputs)``: the audio lengths (``audio_seqlens``) the
-  agent loop passes on to it.
+  agent loop passes on to it,
+* ``processor.image_token_id`` / ``video_token_id``: the ids verl's vLLM server collapses placeholder runs by.
 
 ``omni_aware_hf_processor(original)`` wraps verl's function so that an Omni checkpoint directory gets
 this processor and everything else goes to verl unchanged; ``verl_audio.patches.patch_omni_hf_processor``
@@ -61,6 +62,10 @@ def attach_rope_index(processor: Any, config: Any) -> Any:
     from verl_audio.models.positions import OmniRopeIndex, rope_index_kwargs
 
     processor.config = config
+    # verl's vLLM server collapses image/video placeholder runs by these ids (the Omni processor has none)
+    tokenizer = processor.tokenizer
+    processor.image_token_id = tokenizer.convert_tokens_to_ids(processor.image_token)
+    processor.video_token_id = tokenizer.convert_tokens_to_ids(processor.video_token)
     processor.get_rope_index = OmniRopeIndex(config).get_rope_index
     # a plain function attribute: verl calls it as ``processor.get_rope_index_kwargs(mm_inputs)``
     processor.get_rope_index_kwargs = rope_index_kwargs
