@@ -6,7 +6,10 @@ Each rank takes its share of a batch of audio prompts (clips of different length
 prompts, right-padded responses, verl's (4, L) position ids), runs ``infer_batch`` and compares the
 response log-probs with a plain transformers thinker forward of each sequence on its own; with
 ``--train`` it runs one ``train_batch`` with verl's ``ppo_loss`` and recomputes the loss; with
-``--save`` it writes a verl actor checkpoint. Results go to ``OUT/rank<r>.json``. With
+``--save`` it writes a verl actor checkpoint; with ``--cache-check`` it runs GRPO-like batches (each clip
+in two rows) through infer, infer again, infer with one new clip and a training step, recording the
+log-probs and the audio-encoder counters of each (``--audio-cache-size 0``: without the cache). Results
+go to ``OUT/rank<r>.json``. With
 ``--ray-workers N`` (plain ``python``, no torchrun) the same inference runs through verl's
 ``RayWorkerGroup`` instead (``OUT/ray.json``).
 
@@ -29,14 +32,19 @@ import torch
 
 CLIP_SECONDS = (0.5, 1.3, 0.8, 1.1)
 RESPONSE_LENGTHS = (5, 8, 3, 6)
+#: --cache-check clips: longer than one encoder window (2 s), as ALR questions are
+CACHE_CLIP_SECONDS = (2.2, 2.6, 3.0)
 
 
-def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int = 0) -> dict[str, Any]:
+def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int = 0,
+                      clip_ids: list[int] | None = None) -> dict[str, Any]:
     """Left-padded audio prompts + right-padded random responses, as verl's rollout hands them over.
 
     ``thinker`` supplies ``get_rope_index``. Returns padded tensors (``input_ids``, ``attention_mask``,
     ``position_ids`` (B, 4, L), ``prompts``, ``responses``, ``response_mask``) plus
     ``multi_modal_inputs``: one dict per sample with that sample's unpadded audio features.
+    ``clip_ids``: row i hears clip ``clip_ids[i]`` (``CACHE_CLIP_SECONDS``, the same samples in every batch
+    built with this seed); by default every row has a clip of its own.
     """
     from verl_audio.models.audio_features import audio_processor_kwargs, load_omni_processor
 
@@ -46,7 +54,13 @@ def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int
     special = set(processor.tokenizer.all_special_ids)
     normal = [i for i in range(len(processor.tokenizer)) if i not in special]
     for i in range(n):
-        clip = (0.1 * rng.standard_normal(int(16000 * CLIP_SECONDS[i % len(CLIP_SECONDS)]))).astype(np.float32)
+        if clip_ids is None:
+            clip = (0.1 * rng.standard_normal(int(16000 * CLIP_SECONDS[i % len(CLIP_SECONDS)]))).astype(np.float32)
+        else:
+            c = clip_ids[i]
+            clip_rng = np.random.default_rng([seed, c])
+            seconds = CACHE_CLIP_SECONDS[c % len(CACHE_CLIP_SECONDS)]
+            clip = (0.1 * clip_rng.standard_normal(int(16000 * seconds))).astype(np.float32)
         question = ["What is heard?", "Describe the sound.", "Which instrument?", "Count the beeps."][i % 4]
         content = [{"type": "audio", "audio": "clip"}, {"type": "text", "text": question}]
         messages = [{"role": "user", "content": content}]
@@ -128,6 +142,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ref", action="store_true", help="a forward-only engine, as verl builds the reference")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--save", default=None, help="write a verl actor checkpoint here")
+    parser.add_argument("--cache-check", action="store_true", help="audio-encoder cache run (see module doc)")
+    parser.add_argument("--audio-cache-size", type=int, default=None, help="model.audio_encoder_cache_size")
     parser.add_argument("--ray-workers", type=int, default=0,
                         help="instead of torchrun ranks: drive N Ray TrainingWorkers (RayWorkerGroup), inference only")
     return parser.parse_args(argv)
@@ -147,6 +163,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
         model_type = json.loads((Path(args.model) / "config.json").read_text())["model_type"]
         model_config = HFModelConfig(model_type=model_type, **common)
     else:
+        if args.audio_cache_size is not None:
+            common["audio_encoder_cache_size"] = args.audio_cache_size
         model_config = OmniModelConfig(freeze_audio_encoder=not args.no_freeze, **common)
     fp32 = None if args.bf16 else {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     engine_config = FSDPEngineConfig(strategy=args.strategy, forward_only=args.ref, model_dtype="fp32",
@@ -227,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
     reference = _reference(args, config)
+    if args.cache_check:
+        return cache_check(args, worker, reference, rank, world)
     batch = build_audio_batch(args.model, reference, n=4)
     per_rank = len(batch["input_ids"]) // world
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
@@ -265,6 +285,59 @@ def main(argv: list[str] | None = None) -> None:
     if args.save:
         worker.save_checkpoint(args.save, global_step=1)
         result["checkpoint"] = sorted(str(p.relative_to(args.save)) for p in Path(args.save).rglob("*") if p.is_file())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _encoder_counts(metrics: dict[str, Any]) -> dict[str, float]:
+    """The audio-encoder counters of one engine call, summed over ranks (and micro-batches)."""
+    from verl_audio.models.encoder_cache import METRIC_HITS, METRIC_PASSES
+
+    return {name: float(np.sum(metrics[key])) for name, key in (("passes", METRIC_PASSES), ("hits", METRIC_HITS))}
+
+
+def cache_check(args: argparse.Namespace, worker: Any, reference: Any, rank: int, world: int) -> None:
+    """Infer, infer again, infer with a new clip on the last rank's rows, train, infer: log-probs + counters.
+
+    Four rows, each clip in two of them: ``[0, 0, 1, 1]``, then ``[0, 0, 2, 2]``; at world size 2 the
+    first rank's rows are then all cached while the second rank encodes clip 2.
+    """
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config import ActorConfig
+    from verl.workers.utils.losses import ppo_loss
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    per_rank = 4 // world
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    first = build_audio_batch(args.model, reference, n=4, clip_ids=[0, 0, 1, 1])
+    second = build_audio_batch(args.model, reference, n=4, clip_ids=[0, 0, 2, 2])
+    result: dict[str, Any] = {"rank": rank, "world_size": world, "calls": {}}
+
+    def infer(name: str, batch: dict[str, Any]) -> torch.Tensor:
+        td = _to_td(batch, rows)
+        tu.assign_non_tensor(td, compute_loss=False)
+        out = worker.infer_batch(td)
+        logp = no_padding_2_padding(tu.get(out, "log_probs"), td).float()
+        result["calls"][name] = {**_encoder_counts(tu.get(out, "metrics")),
+                                 "log_probs": [[float(x) for x in row] for row in logp]}
+        return logp
+
+    old_logp = infer("first", first)
+    infer("again", first)
+    infer("new_clip", second)
+
+    actor = ActorConfig(strategy=args.strategy, rollout_n=1, ppo_micro_batch_size_per_gpu=2, use_kl_loss=False,
+                        ppo_mini_batch_size=4)
+    worker.set_loss_fn(partial(ppo_loss, config=actor))
+    gen = torch.Generator().manual_seed(1)
+    full_logp = torch.zeros(first["responses"].shape)
+    full_logp[rows] = old_logp
+    extra = {"old_log_probs": full_logp, "advantages": torch.randn(first["responses"].shape, generator=gen)}
+    metrics = tu.get(worker.train_batch(_to_td(first, rows, extra)), "metrics")
+    result["calls"]["train"] = {**_encoder_counts(metrics), "grad_norm": float(metrics["grad_norm"])}
+    infer("after_train", first)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(result, indent=1))
     torch.distributed.barrier()

@@ -228,3 +228,46 @@ def test_reference_engine(omni_full: Path, tmp_path: Path, strategy: str, world_
     results = run_torchrun(omni_full, tmp_path / "out", world_size=world_size, extra=extra)
     for r in results:
         assert r["max_abs_diff"] <= PARITY_TOL, r["per_sample"]
+
+
+# --- the audio-encoder cache under verl's engine ---------------------------------------------------
+
+#: clips encoded / served per call of ``omni_engine_run.cache_check``, summed over ranks (rows: clips 0 0 1 1,
+#: the same again, then 0 0 2 2, a training step and an inference on the first batch)
+CACHED_COUNTS = {"first": (2, 2), "again": (0, 4), "new_clip": (1, 3), "train": (0, 4), "after_train": (0, 4)}
+
+
+def _cache_runs(model: Path, out: Path, world_size: int) -> tuple[list[dict], list[dict]]:
+    extra = ["--strategy", "fsdp2", "--cache-check"]
+    cached = run_torchrun(model, out / "cached", world_size=world_size, extra=extra)
+    uncached = run_torchrun(model, out / "uncached", world_size=world_size, extra=[*extra, "--audio-cache-size", "0"])
+    return cached, uncached
+
+
+def _check_cache_runs(cached: list[dict], uncached: list[dict]) -> None:
+    for with_cache, without in zip(cached, uncached, strict=True):
+        for call, (passes, hits) in CACHED_COUNTS.items():
+            got = with_cache["calls"][call]
+            assert (got["passes"], got["hits"]) == (passes, hits), (call, got)
+            assert (without["calls"][call]["passes"], without["calls"][call]["hits"]) == (4, 0), call
+            if "log_probs" in got:  # bit for bit, fp32: cached embeddings are the encoder's own outputs
+                assert got["log_probs"] == without["calls"][call]["log_probs"], call
+        assert with_cache["calls"]["train"]["grad_norm"] == without["calls"]["train"]["grad_norm"]
+
+
+def test_audio_encoder_cache_fsdp2_world_size_2(omni_full: Path, tmp_path: Path) -> None:
+    """Each rank encodes its own clips once; when only one rank has a new clip the other keeps FSDP's
+    collectives in step (a hang or an error otherwise); log-probs and gradients equal the uncached run's."""
+    _check_cache_runs(*_cache_runs(omni_full, tmp_path, world_size=2))
+
+
+@pytest.mark.slow
+def test_audio_encoder_cache_fsdp2_world_size_1(omni_full: Path, tmp_path: Path) -> None:
+    _check_cache_runs(*_cache_runs(omni_full, tmp_path, world_size=1))
+
+
+def test_audio_encoder_cache_size_is_validated(omni_full: Path) -> None:
+    assert _config(omni_full).audio_encoder_cache_size == 64
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="audio_encoder_cache_size"):
+            _config(omni_full, audio_encoder_cache_size=bad)

@@ -24,6 +24,11 @@ has no attention mask and the thinker separates sequences by the restarts of the
 of verl's ``(4, L)`` position ids (sdpa/eager: transformers' packed-sequence mask, checked against
 an unpadded forward in the tests; flash attention: varlen from the same position ids, not yet run in
 the tests). Unsupported combinations are rejected when the engine is built.
+
+A frozen audio encoder runs once per clip per worker process: its outputs are cached by clip content
+(``model.audio_encoder_cache_size`` clips, LRU, host memory) and reused by old log-prob, reference and
+update and by later steps (``verl_audio.models.encoder_cache``). Each batch's output metrics carry the
+clips encoded, cache hits and encoder seconds of that call (``audio_encoder/*``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 from verl.workers.config import HFModelConfig
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
+from verl_audio.models import encoder_cache
 from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
 
 logger = logging.getLogger(__name__)
@@ -74,11 +80,18 @@ class OmniModelConfig(HFModelConfig):
     freeze_vision_encoder: bool = True
     """Keep the vision encoder (``visual``), unused by audio prompts, frozen."""
 
+    audio_encoder_cache_size: int = 64
+    """Clips whose frozen-encoder outputs each worker keeps (LRU, host memory; ~20 MB per 110 s clip at 7B in
+    bf16); 0 turns the cache off. Unused when the audio encoder is trained."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in ("freeze_audio_encoder", "freeze_vision_encoder"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"model.{key} must be a bool, got {getattr(self, key)!r}")
+        size = self.audio_encoder_cache_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"model.audio_encoder_cache_size must be an int >= 0, got {size!r}")
         checkpoint_type = getattr(self.hf_config, "model_type", None)
         if checkpoint_type not in OMNI_MODEL_TYPES:
             raise ValueError(f"OmniModelConfig needs a Qwen2.5-Omni checkpoint {OMNI_MODEL_TYPES}, "
@@ -145,6 +158,32 @@ class OmniThinkerFSDPEngine(FSDPEngineWithLMHead):
         check_supported(model_config, engine_config)
         super().__init__(model_config, engine_config, optimizer_config, checkpoint_config)
 
+    def initialize(self) -> None:
+        super().initialize()
+        self._refresh_encoder_identity()
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        super().load_checkpoint(*args, **kwargs)
+        self._refresh_encoder_identity()  # the checkpoint's encoder may differ from the one built
+
+    def _refresh_encoder_identity(self) -> None:
+        """Name this engine's audio encoder by its weights (this rank's shards) and compute precision."""
+        if self._audio_features.cache is None:
+            self._encoder_identity = "uncached"
+            return
+        weights = encoder_cache.tensor_digest(self._thinker.audio_tower.parameters())
+        self._encoder_identity = f"{weights}|{getattr(self, '_autocast_dtype', None)}|{self.engine_config.mixed_precision}"
+
+    def infer_batch(self, data: Any, loss_function: Any = None) -> Any:
+        before = encoder_cache.STATS.snapshot()
+        outputs = super().infer_batch(data, loss_function)
+        return _with_encoder_metrics(outputs, before)
+
+    def train_batch(self, data: Any, loss_function: Any) -> Any:
+        before = encoder_cache.STATS.snapshot()
+        outputs = super().train_batch(data, loss_function)
+        return _with_encoder_metrics(outputs, before)
+
     def _build_fsdp_module(self, module: torch.nn.Module) -> torch.nn.Module:
         module = super()._build_fsdp_module(module)
         if self.engine_config.strategy == "fsdp2" and not self.engine_config.forward_only:
@@ -183,9 +222,25 @@ class OmniThinkerFSDPEngine(FSDPEngineWithLMHead):
         module.to(dtype)
         frozen = freeze_encoders(module, audio=self.model_config.get("freeze_audio_encoder", True),
                                  vision=self.model_config.get("freeze_vision_encoder", True))
+        # installed before FSDP wraps the module: the instance attribute survives fully_shard / FSDP1 wrapping
+        audio_frozen = "audio_tower" in frozen
+        cache_size = int(self.model_config.get("audio_encoder_cache_size", 64)) if audio_frozen else 0
+        self._thinker = module
+        self._encoder_identity = "unbuilt"
+        self._audio_features = encoder_cache.install(module, cache_size, lambda: self._encoder_identity)
         if self.model_config.enable_gradient_checkpointing:
             module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.rank == 0:
-            logger.info("Qwen2.5-Omni thinker built from %s (dtype %s, frozen: %s, remove padding: %s)",
-                        self.model_config.local_path, dtype, frozen or "none", self.use_remove_padding)
+            logger.info("Qwen2.5-Omni thinker built from %s (dtype %s, frozen: %s, remove padding: %s, "
+                        "audio-encoder cache: %d clips)", self.model_config.local_path, dtype, frozen or "none",
+                        self.use_remove_padding, cache_size)
         return module
+
+
+def _with_encoder_metrics(outputs: Any, before: tuple[int, int, float]) -> Any:
+    """Add this call's audio-encoder counters to an engine output's metrics (one-element lists, as verl's
+    per-micro-batch metrics are, so its dp all-gather and mini-batch flattening keep one value per rank)."""
+    if isinstance(outputs, dict) and isinstance(outputs.get("metrics"), dict):
+        for key, value in encoder_cache.STATS.since(before).items():
+            outputs["metrics"][key] = [value]
+    return outputs

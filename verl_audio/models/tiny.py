@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,14 +232,20 @@ def _write_processor(out: Path, tokenizer: Any) -> None:
 
 
 def build_tiny_omni(
-    out_dir: str | Path, *, talker: bool = False, vocab: Vocab = "small", seed: int = 0, head_dim: int = HEAD_DIM
+    out_dir: str | Path, *, talker: bool = False, vocab: Vocab = "small", seed: int = 0, head_dim: int = HEAD_DIM,
+    edit_config: Callable[[Qwen2_5OmniConfig], None] | None = None,
 ) -> Path:
-    """Write a random tiny Qwen2.5-Omni checkpoint + processor to ``out_dir`` and return its path."""
+    """Write a random tiny Qwen2.5-Omni checkpoint + processor to ``out_dir`` and return its path.
+
+    ``edit_config`` may change the config (e.g. widths and depths) before the weights are made.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(vocab)
     model_vocab = QWEN_MODEL_VOCAB if vocab == "qwen" else int(math.ceil((len(tokenizer) + 16) / 64) * 64)
     config = tiny_config(tokenizer, model_vocab, talker=talker, head_dim=head_dim)
+    if edit_config is not None:
+        edit_config(config)
     torch.manual_seed(seed)
     model = Qwen2_5OmniForConditionalGeneration(config).eval()
     ids = _special_ids(tokenizer, model_vocab)

@@ -5,6 +5,11 @@
   mean of each component over the responses where it applies (``None`` = not applicable) is added as
   ``reward/<name>/mean`` to the step's metrics. The hook is ``_update_actor``: verl reduces the
   returned ``meta_info["metrics"]`` into the step's metrics right after it.
+* Audio-encoder work per step: ``audio_encoder/{passes,cache_hits,seconds}/{old_log_prob,ref,update,step}``,
+  summed over the workers (clips run through the audio encoder, clips served from its cache, seconds in
+  the encoder). The engine reports them with each batch's output (``verl_audio.models.encoder_cache``);
+  the worker-group calls of old log-prob and reference are wrapped to collect them, and the update adds
+  them to the step's metrics.
 * Metrics history on resume: after verl loads a checkpoint (``_load_checkpoint``), the lines of the
   steps that will be run again are dropped from ``metrics.jsonl`` (see ``metrics_log``).
 * Validation per mode: besides verl's per-data-source metrics, ``val-mode/<mode>/<metric>`` (accuracy,
@@ -33,6 +38,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from verl_audio.eval.scoring import validation_metrics
 from verl_audio.data.decode_cache import take_decode_count
+from verl_audio.models.encoder_cache import METRIC_KEYS
 from verl_audio.trainer import metrics_log
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,15 @@ def reward_component_means(non_tensor_batch: dict[str, Any], keys: Iterable[str]
             means[f"{PREFIX}{key}/mean"] = float(np.mean(values))
             means[f"{PREFIX}{key}/applicable"] = len(values) / len(non_tensor_batch[key])
     return means
+
+
+#: the phases of a step whose forwards run the actor's or reference's audio encoder
+ENCODER_PHASES = ("old_log_prob", "ref", "update")
+
+
+def encoder_metric_sums(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"audio_encoder/passes": total, ...}``: the engine's per-rank (per mini-batch) counters summed."""
+    return {key: float(np.sum(metrics[prefix + key])) for key in METRIC_KEYS if prefix + key in metrics}
 
 
 class _RunComplete(Exception):
@@ -99,11 +114,51 @@ class AudioPPOTrainer(RayPPOTrainer):
             result.update(self._audio_metrics(self.val_dataset, "val-aux/"))
         return result
 
+    def init_workers(self) -> None:
+        super().init_workers()
+        self._encoder_work: dict[str, dict[str, float]] = {}
+        wg = self.actor_rollout_wg
+        wg.compute_log_prob = self._collecting(wg.compute_log_prob, "old_log_prob")
+        if self.use_reference_policy and not self.ref_in_actor:
+            self.ref_policy_wg.compute_ref_log_prob = self._collecting(self.ref_policy_wg.compute_ref_log_prob, "ref")
+
+    def _collecting(self, call: Any, phase: str) -> Any:
+        """``call`` (a worker-group method returning a TensorDict with metrics) noting its encoder counters."""
+        from verl.utils import tensordict_utils as tu
+
+        def collect(data: Any, *args: Any, **kwargs: Any) -> Any:
+            # the reference of a LoRA actor is the actor's compute_log_prob with the adapter off
+            name = "ref" if tu.get(data, "no_lora_adapter", default=False) else phase
+            output = call(data, *args, **kwargs)
+            metrics = tu.get(output, "metrics", default=None) or {}
+            for key, value in encoder_metric_sums(metrics).items():
+                work = self._encoder_work.setdefault(name, {})
+                work[key] = work.get(key, 0.0) + value
+            return output
+
+        return collect
+
+    def _encoder_step_metrics(self, update_metrics: dict[str, Any]) -> dict[str, float]:
+        """This step's ``audio_encoder/<counter>/<phase>`` (and ``/step``); the collected counters are reset."""
+        work, self._encoder_work = getattr(self, "_encoder_work", {}), {}
+        work["update"] = encoder_metric_sums(update_metrics, prefix="actor/")
+        for key in METRIC_KEYS:
+            update_metrics.pop("actor/" + key, None)
+        step = {}
+        for key in METRIC_KEYS:
+            values = {phase: work.get(phase, {}).get(key) for phase in ENCODER_PHASES}
+            step.update({f"{key}/{phase}": v for phase, v in values.items() if v is not None})
+            if any(v is not None for v in values.values()):
+                step[f"{key}/step"] = sum(v for v in values.values() if v is not None)
+        return step
+
     def _update_actor(self, batch: DataProto) -> DataProto:
         output = super()._update_actor(batch)
-        means = {**reward_component_means(batch.non_tensor_batch), **self._audio_metrics(self.train_dataset)}
-        # reduce_metrics averages lists; one value per key keeps the mean as computed here
-        output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
+        metrics = output.meta_info.setdefault("metrics", {})
+        means = {**reward_component_means(batch.non_tensor_batch), **self._audio_metrics(self.train_dataset),
+                 **self._encoder_step_metrics(metrics)}
+        # reduce_metrics averages lists; one value per key keeps the value as computed here
+        metrics.update({k: [v] for k, v in means.items()})
         return output
 
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns):
