@@ -15,12 +15,15 @@ For any other model the behaviour is verl's, except on CPU (see below).
   at the top level, so ``_validate_configs`` lifts it up first.
 * **Worker extension.** ``verl_audio.rollout.vllm_worker.OmniVLLMWorkerExtension`` (runs inside vLLM's
   workers): weight names, CPU weight reload, log-probs and the ids the policy must not sample.
+* **Pausing.** verl 0.9.1 calls ``AsyncLLM.pause_generation(wait_for_inflight_requests=...)``; vLLM 0.32
+  takes ``mode="abort"|"wait"``: the engine's method is adapted once it exists.
 * **CPU.** vLLM's CPU platform has no sleep mode and sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE``;
   ``verl_audio.trainer.cpu_mode`` sets the rollout keys for it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -82,8 +85,22 @@ class OmniVLLMHttpServer(vLLMHttpServer):
 
     async def run_server(self, args: Any) -> None:
         await super().run_server(args)
+        self._adapt_pause_generation()
         if self.omni:
             self._watch_audio_tokens()
+
+    def _adapt_pause_generation(self) -> None:
+        """verl 0.9.1 pauses with ``wait_for_inflight_requests=``; vLLM 0.32 takes ``mode=`` instead."""
+        pause = self.engine.pause_generation
+        if "wait_for_inflight_requests" in inspect.signature(pause).parameters:
+            return
+
+        async def pause_generation(*, wait_for_inflight_requests: bool = False, clear_cache: bool = True,
+                                   **kwargs: Any) -> Any:
+            mode = "wait" if wait_for_inflight_requests else "abort"
+            return await pause(mode=mode, clear_cache=clear_cache, **kwargs)
+
+        self.engine.pause_generation = pause_generation
 
     def _watch_audio_tokens(self) -> None:
         """Record, per request, how many audio tokens vLLM put in the prompt it actually ran."""
