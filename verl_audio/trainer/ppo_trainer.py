@@ -7,6 +7,8 @@
   returned ``meta_info["metrics"]`` into the step's metrics right after it.
 * Metrics history on resume: after verl loads a checkpoint (``_load_checkpoint``), the lines of the
   steps that will be run again are dropped from ``metrics.jsonl`` (see ``metrics_log``).
+* Speech (``verl_audio.speech.trainer_hook.SpeechTap``): after each generation the waveforms leave the
+  batch; training steps get ``speech/*`` metrics and ``timing_s/speech``; validation writes samples.
 * A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
   so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
   save) one step more. Here ``fit`` returns after loading such a checkpoint, before validating.
@@ -51,9 +53,25 @@ class _RunComplete(Exception):
 class AudioPPOTrainer(RayPPOTrainer):
     """``RayPPOTrainer`` with reward components in each step's metrics and a resumable metrics file."""
 
+    def init_workers(self) -> None:
+        super().init_workers()
+        from verl_audio.speech.trainer_hook import SpeechTap
+
+        va = self.config.get("verl_audio", {}) or {}
+        self.speech_tap = SpeechTap(self.tokenizer, va.get("output_dir"), va.get("val_samples_per_mode", 2),
+                                    list(self.config.trainer.logger or []))
+        manager, generate = self.async_rollout_manager, self.async_rollout_manager.generate_sequences
+
+        def generate_and_tap(batch: DataProto) -> DataProto:
+            return self.speech_tap.after_generation(batch, generate(batch))
+
+        manager.generate_sequences = generate_and_tap
+
     def _update_actor(self, batch: DataProto) -> DataProto:
         output = super()._update_actor(batch)
         means = reward_component_means(batch.non_tensor_batch)
+        if getattr(self, "speech_tap", None) is not None:
+            means.update(self.speech_tap.take_step_metrics())
         # reduce_metrics averages lists; one value per key keeps the mean as computed here
         output.meta_info.setdefault("metrics", {}).update({k: [v] for k, v in means.items()})
         return output
