@@ -133,6 +133,17 @@ REQUIRED: list[Requirement] = [
     # patches.patch_file_logger_append: the class Tracking builds for the "file" backend
     ("verl.utils.tracking", "FileLogger.__init__", ("self", "project_name", "experiment_name")),
     ("verl.utils.tracking", "FileLogger.log", ("self", "data", "step")),
+    # --- speech out (verl_audio.speech): the agent loop it extends, the trainer hook, the talker it drives ---
+    ("verl.experimental.agent_loop.single_turn_agent_loop", "SingleTurnAgentLoop.run", ("self", "sampling_params")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopOutput", ("prompt_ids", "response_ids", "extra_fields")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopManager.generate_sequences", ("self",)),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer.init_workers", ("self",)),
+    ("verl.utils.profiler", "simple_timer", ("name", "timing_raw")),
+    ("transformers", "Qwen2_5OmniTalkerForConditionalGeneration.forward",
+     ("self", "input_ids", "attention_mask", "thinker_reply_part", "inputs_embeds", "input_text_ids",
+      "audio_feature_lengths")),
+    ("transformers", "Qwen2_5OmniToken2WavModel.forward", ("self", "code", "conditioning", "reference_mel",
+                                                             "num_steps")),
 ]
 
 

@@ -38,7 +38,7 @@ def next_endpoint() -> ray.actor.ActorHandle:
     global _cycle
     with _lock:
         if _cycle is None:
-            names = endpoint_names([a["name"] for a in ray.util.list_named_actors(all_namespaces=False)])
+            names = endpoint_names(list(ray.util.list_named_actors(all_namespaces=False)))  # names, this namespace
             if not names:
                 raise RuntimeError(
                     "a row asks for output_modality 'audio' but no speech server runs: the rollout was started "
