@@ -4,8 +4,9 @@
     python benchmarks/speech_stage.py --metrics RUN/metrics.jsonl   # read a finished run instead
     python benchmarks/speech_stage.py --stage-only         # the stage alone, in-process, batch 1 and 4
 
-From a run's ``metrics.jsonl`` (steps after the first, which includes start-up): ``timing_s/speech`` /
-``timing_s/step`` and ``speech/seconds/mean * speech/responses / timing_s/speech``. Figures depend on
+From a run's ``metrics.jsonl`` (steps after the first, which includes start-up): ``timing_s/speech``
+(summed over the replicas' servers, which speak in parallel) / replicas / ``timing_s/step``, and
+``speech/seconds/mean * speech/responses / timing_s/speech``. Figures depend on
 the machine and its load; they are printed, not asserted.
 """
 
@@ -23,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def from_metrics(path: Path) -> dict[str, float]:
+def from_metrics(path: Path, replicas: int = 2) -> dict[str, float]:
+    """Per-step means; ``timing_s/speech`` sums the servers' speech seconds, so shares divide by ``replicas``."""
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     steps = [r["data"] for r in lines if "training/global_step" in r["data"] and r["step"] > 1] or [
         r["data"] for r in lines if "training/global_step" in r["data"]
@@ -33,8 +35,9 @@ def from_metrics(path: Path) -> dict[str, float]:
     gen = sum(d["timing_s/gen"] for d in steps)
     spoken = sum(d["speech/seconds/mean"] * d["speech/responses"] for d in steps)
     return {"steps": len(steps), "step_s": step / len(steps), "gen_s": gen / len(steps),
-            "speech_s": speech / len(steps), "speech_share_of_step": speech / step,
-            "speech_share_of_gen": speech / gen, "speech_seconds_per_compute_second": spoken / speech}  # fmt: skip
+            "speech_s_summed_over_servers": speech / len(steps),
+            "speech_share_of_step": speech / replicas / step, "speech_share_of_gen": speech / replicas / gen,
+            "speech_seconds_per_compute_second": spoken / speech}  # fmt: skip
 
 
 def run_tiny(steps: int) -> Path:
@@ -78,13 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", type=Path, help="metrics.jsonl of a finished OUTPUT_MODALITY=audio run")
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps when running the tiny preset")
+    parser.add_argument("--replicas", type=int, default=2, help="rollout replicas of the run (tiny preset: 2)")
     parser.add_argument("--stage-only", action="store_true", help="time the stage alone, in this process")
     args = parser.parse_args()
     if args.stage_only:
         stage_only()
         return
     metrics = args.metrics or run_tiny(args.steps)
-    for key, value in from_metrics(metrics).items():
+    for key, value in from_metrics(metrics, args.replicas).items():
         print(f"{key}: {value:.3f}")
 
 

@@ -53,8 +53,8 @@ def test_two_steps_speak_and_score_the_speech(speech_run: Path) -> None:
         assert data["reward/audio_length/applicable"] == 1.0  # every row asked for speech
         assert data["speech/seconds/mean"] > 0
         assert 0 <= data["speech/voiced_seconds/mean"] <= data["speech/seconds/mean"]
-        assert data["timing_s/speech"] > 0
-        assert data["timing_s/speech"] <= data["timing_s/gen"]  # speech is made inside generation
+        # speech is made inside generation, by each of the 2 replicas' servers (summed over them)
+        assert 0 < data["timing_s/speech"] <= 2 * data["timing_s/gen"]
     samples = speech_run / "samples" / "step_2"
     wavs = sorted(samples.glob("audio_to_audio_*.wav"))
     assert wavs and len(wavs) == len(list(samples.glob("audio_to_audio_*.txt")))

@@ -6,7 +6,8 @@ already computed inside the agent loop by then):
 * the waveforms are popped from the batch, so they never travel on to the actor, reference or critic;
 * training steps get ``speech/seconds/mean`` and ``speech/voiced_seconds/mean`` (WebRTC VAD, the
   ``audio_length`` reward's measure) over the audio-output rows, and ``timing_s/speech``: the seconds the
-  speech stage's batches ran in the step (each response carries its share of its batch), through verl's
+  speech stage's batches ran in the step (each response carries its share of its batch), summed over
+  the replicas' servers (which speak in parallel, so it can exceed ``timing_s/gen``), through verl's
   own timing dict;
 * validation writes a few responses per mode (``<input>_to_<output>``) under
   ``<output_dir>/samples/step_<N>/`` as wav + txt, and logs them to tensorboard (``add_audio`` /
