@@ -5,6 +5,9 @@
 #                ROLLOUT=hf (default) or ROLLOUT=vllm (vLLM's CPU build).
 #   PRESET=paper the paper's settings on 8 GPUs: MODEL_PATH (default Qwen/Qwen2.5-Omni-7B), DATA_DIR
 #                (prepared ALR parquet), ROLLOUT=vllm|hf.
+#   INPUT_MODALITY=audio|text (default audio) and OUTPUT_MODALITY=text|audio (default text) pick the paper's
+#                mode: audio->text, text->audio, audio->audio (and text->text). Audio output turns on the
+#                rollout's speech stage (talker + token2wav of the checkpoint; docs/models.md).
 # Outputs: $OUTPUTS/<experiment>/ (OUTPUTS defaults to outputs; metrics.jsonl, tensorboard/, checkpoints/, hf_export/, reward_curve.png).
 # Rerunning the same command resumes from the newest checkpoint. Extra args are verl/Hydra overrides.
 set -euo pipefail
@@ -23,12 +26,18 @@ if [[ -z "${PRESET:-}" ]]; then
   fi
 fi
 
+IN=${INPUT_MODALITY:-audio} OUT=${OUTPUT_MODALITY:-text}
+[[ $IN == audio || $IN == text ]] || { echo "soundmind_alr.sh: INPUT_MODALITY must be audio or text, got '$IN'" >&2; exit 2; }
+[[ $OUT == text || $OUT == audio ]] || { echo "soundmind_alr.sh: OUTPUT_MODALITY must be text or audio, got '$OUT'" >&2; exit 2; }
+MODE_SUFFIX=""; [[ $IN/$OUT == audio/text ]] || MODE_SUFFIX="_${IN}_to_${OUT}"  # audio->text keeps the old names
+
 case "$PRESET" in
 tiny)
   ROLLOUT=${ROLLOUT:-hf}
-  EXP=${EXPERIMENT:-soundmind_alr_tiny}
-  [[ $ROLLOUT == hf ]] || EXP=${EXPERIMENT:-soundmind_alr_tiny_$ROLLOUT}
+  EXP=${EXPERIMENT:-soundmind_alr_tiny$MODE_SUFFIX}
+  [[ $ROLLOUT == hf ]] || EXP=${EXPERIMENT:-soundmind_alr_tiny${MODE_SUFFIX}_$ROLLOUT}
   MODEL=$OUTPUTS/$EXP/tiny_omni DATA=$OUTPUTS/$EXP/data
+  # --talker: the tiny Omni can speak (audio output needs talker + token2wav weights);
   # head dim 32: vLLM's CPU attention has no kernel for the builder's default 16
   [[ -f $MODEL/config.json ]] || $PY -m verl_audio.models.tiny --out "$MODEL" --talker --vocab small --head-dim 32
   # the rows name their audio by absolute path: prepare from a copy in the outputs, so that they never
@@ -36,7 +45,9 @@ tiny)
   SAMPLE=$OUTPUTS/$EXP/demo_sample
   [[ -d $SAMPLE ]] || { mkdir -p "$OUTPUTS/$EXP" && cp -r verl_audio/data/demo_sample "$SAMPLE"; }
   [[ -f $DATA/train.parquet ]] || $PY examples/data_preprocess/alr.py --src "$SAMPLE" \
-    --out "$DATA" --input-modality audio --output-modality text --splits train,dev
+    --out "$DATA" --input-modality "$IN" --output-modality "$OUT" --splits train,dev
+  SPEECH=()  # a random talker rarely ends on its own: 100 codec tokens = 2 s of speech per response
+  [[ $OUT == audio ]] && SPEECH=(+actor_rollout_ref.rollout.engine_kwargs.speech.talker_max_new_tokens=100)
   set -- trainer.experiment_name="$EXP" verl_audio.output_dir="$OUTPUTS/$EXP" actor_rollout_ref.model.path="$MODEL" \
     data.train_files="$DATA/train.parquet" data.val_files="$DATA/dev.parquet" \
     data.train_batch_size=2 data.max_prompt_length=1024 data.max_response_length=32 \
@@ -48,15 +59,20 @@ tiny)
     actor_rollout_ref.rollout.dtype=float32 +actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200 \
     actor_rollout_ref.rollout.agent.num_workers=1 reward.num_workers=1 \
     trainer.n_gpus_per_node=2 trainer.total_training_steps=3 trainer.save_freq=1 trainer.test_freq=3 \
-    trainer.val_before_train=false verl_audio.export_verify=true "$@"
+    trainer.val_before_train=false verl_audio.export_verify=true "${SPEECH[@]}" "$@"
   ;;
 paper)
   if ! gpu_visible; then
     echo "soundmind_alr.sh: PRESET=paper needs 8 GPUs and none is visible (nvidia-smi); use PRESET=tiny on CPU" >&2
     exit 2
   fi
-  DATA_DIR=${DATA_DIR:-outputs/alr_data}
-  EXP=${EXPERIMENT:-soundmind_alr_paper}
+  DATA_DIR=${DATA_DIR:-outputs/alr_data$MODE_SUFFIX}
+  EXP=${EXPERIMENT:-soundmind_alr_paper$MODE_SUFFIX}
+  if [[ ! -f $DATA_DIR/train.parquet ]]; then
+    echo "soundmind_alr.sh: no $DATA_DIR/train.parquet; prepare it with: python examples/data_preprocess/alr.py" \
+      "--src SRC --out $DATA_DIR --input-modality $IN --output-modality $OUT" >&2
+    exit 2
+  fi
   set -- trainer.experiment_name="$EXP" verl_audio.output_dir="$OUTPUTS/$EXP" \
     actor_rollout_ref.model.path="${MODEL_PATH:-Qwen/Qwen2.5-Omni-7B}" \
     data.train_files="$DATA_DIR/train.parquet" data.val_files="$DATA_DIR/dev.parquet" \

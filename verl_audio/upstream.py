@@ -182,6 +182,17 @@ REQUIRED: list[Requirement] = [
     ("verl.single_controller.ray.base", "ResourcePoolManager", ("resource_pool_spec", "mapping",
                                                                "max_colocate_count")),
     ("ray._private.state", "available_resources_per_node", None),
+    # --- speech out (verl_audio.speech): the agent loop it extends, the trainer hook, the talker it drives ---
+    ("verl.experimental.agent_loop.single_turn_agent_loop", "SingleTurnAgentLoop.run", ("self", "sampling_params")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopOutput", ("prompt_ids", "response_ids", "extra_fields")),
+    ("verl.experimental.agent_loop.agent_loop", "AgentLoopManager.generate_sequences", ("self",)),
+    ("verl.trainer.ppo.ray_trainer", "RayPPOTrainer.init_workers", ("self",)),
+    ("verl.utils.profiler", "simple_timer", ("name", "timing_raw")),
+    ("transformers", "Qwen2_5OmniTalkerForConditionalGeneration.forward",
+     ("self", "input_ids", "attention_mask", "thinker_reply_part", "inputs_embeds", "input_text_ids",
+      "audio_feature_lengths")),
+    ("transformers", "Qwen2_5OmniToken2WavModel.forward", ("self", "code", "conditioning", "reference_mel",
+                                                             "num_steps")),
 ]
 
 #: Upstream bodies whose *inside* verl-audio depends on, pinned by a hash of their source:

@@ -95,6 +95,9 @@ class HFRolloutServer:
         )
         self._loaded: set[str] = set()
         self._tokens = 0
+        from verl_audio.speech.server import attach  # speech stage: None unless engine_kwargs.speech.enable
+
+        self.speech = attach(self, path)
         logger.info("hf rollout server %d: %s, %s, %s", replica_rank, self.device, self.config.dtype, self.options)
 
     # ---- generation ------------------------------------------------------------------------------
@@ -144,6 +147,12 @@ class HFRolloutServer:
             extra_fields={"global_steps": self.global_steps, "finish_reason": result.finish},
         )
 
+    async def speak(self, **request: Any) -> dict[str, Any]:
+        """Speak a generated response with this server's thinker (``verl_audio.speech.server.SpeechServer``)."""
+        if self.speech is None:
+            raise RuntimeError("this hf rollout server has no speech stage (rollout.engine_kwargs.speech.enable)")
+        return {**await self.speech.speak(**request), "global_steps": self.global_steps}
+
     # ---- pause / resume --------------------------------------------------------------------------
 
     async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict[str, Any]:
@@ -191,6 +200,8 @@ class HFRolloutServer:
             if self.device.type == "cuda" and self.options.offload_on_sleep:
                 self._awake.clear()
                 self.engine.to("cpu")
+                if self.speech is not None:
+                    self.speech.stage.to("cpu")
                 torch.cuda.empty_cache()
 
     async def wake_up(self, tags: list[str] | None = None) -> None:
@@ -200,6 +211,8 @@ class HFRolloutServer:
         async with self._engine_lock:
             if not self._awake.is_set():
                 self.engine.to(self.device)
+                if self.speech is not None:
+                    self.speech.stage.to(self.device)
                 self._awake.set()
 
     async def clear_kv_cache(self) -> None:

@@ -71,6 +71,9 @@ def prepare(config: DictConfig) -> Path:
     os.environ.update(env)
     cpu_mode.set_env_vars(config, env)
 
+    from verl_audio.speech.setup import configure as configure_speech
+
+    configure_speech(config)  # speech stage on when rows ask for audio output; checks the checkpoint
     use_cpu, why = cpu_mode.wants_cpu(config)
     if use_cpu:
         changes = cpu_mode.apply(config, joining=cluster.address(config) is not None)

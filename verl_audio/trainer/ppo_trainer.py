@@ -21,6 +21,8 @@
   audio), ``audio/clip_decodes`` (clips the rollout's agent-loop workers decoded for the step) and
   ``audio/check_decodes`` (decodes of the trainer's own checks of drawn rows); validation adds
   ``val-aux/bad_audio/skipped`` and ``val-aux/audio/clip_decodes``.
+* Speech (``verl_audio.speech.trainer_hook.SpeechTap``): after each generation the waveforms leave the
+  batch; training steps get ``speech/*`` metrics and ``timing_s/speech``; validation writes samples.
 * A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
   so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
   save) one step more. Here ``fit`` returns after loading such a checkpoint, before validating.
@@ -121,7 +123,21 @@ class AudioPPOTrainer(RayPPOTrainer):
         wg.compute_log_prob = self._collecting(wg.compute_log_prob, "old_log_prob")
         if self.use_reference_policy and not self.ref_in_actor:
             self.ref_policy_wg.compute_ref_log_prob = self._collecting(self.ref_policy_wg.compute_ref_log_prob, "ref")
+        self._tap_speech()
 
+    def _tap_speech(self) -> None:
+        """Route each generation through ``SpeechTap`` (waveforms leave the batch, speech metrics, samples)."""
+        from verl_audio.speech.trainer_hook import SpeechTap
+
+        va = self.config.get("verl_audio", {}) or {}
+        self.speech_tap = SpeechTap(self.tokenizer, va.get("output_dir"), va.get("val_samples_per_mode", 2),
+                                    list(self.config.trainer.logger or []))
+        manager, generate = self.async_rollout_manager, self.async_rollout_manager.generate_sequences
+
+        def generate_and_tap(batch: DataProto) -> DataProto:
+            return self.speech_tap.after_generation(batch, generate(batch))
+
+        manager.generate_sequences = generate_and_tap
     def _collecting(self, call: Any, phase: str) -> Any:
         """``call`` (a worker-group method returning a TensorDict with metrics) noting its encoder counters."""
         from verl.utils import tensordict_utils as tu
@@ -157,6 +173,8 @@ class AudioPPOTrainer(RayPPOTrainer):
         metrics = output.meta_info.setdefault("metrics", {})
         means = {**reward_component_means(batch.non_tensor_batch), **self._audio_metrics(self.train_dataset),
                  **self._encoder_step_metrics(metrics)}
+        if getattr(self, "speech_tap", None) is not None:
+            means.update(self.speech_tap.take_step_metrics())
         # reduce_metrics averages lists; one value per key keeps the value as computed here
         metrics.update({k: [v] for k, v in means.items()})
         return output
