@@ -6,8 +6,8 @@ Generation: for each model size, one replica of each backend is started through 
 Ray actor, as in training) and sent ``--requests`` concurrent requests (5 s clip + a short question,
 sampled at temperature 1 with ``ignore_eos``, ``--tokens`` new tokens each); it prints the wall time and
 generated tokens per second of the batch, after one warm-up request. Sizes: ``tiny`` is the recipe's
-tiny Omni (hidden 64, 2 layers, about 0.4 M parameters in the LM); ``small`` widens the thinker to hidden 512,
-8 layers (about 30 M in the LM), where batching work per token starts to matter.
+tiny Omni (hidden 64, 2 layers, about 0.2 M parameters in the LM); ``small`` widens the thinker's LM to hidden
+512, 8 layers (about 25 M), where the work per token starts to outweigh each engine's fixed cost per step.
 
 GRPO step: ``recipes/soundmind_alr.sh`` (PRESET=tiny, ROLLOUT=hf and ROLLOUT=vllm) for ``--steps`` steps;
 prints the mean of ``timing_s/step`` and ``timing_s/gen`` over the steps after the first.
@@ -17,42 +17,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from recipe_runs import later_steps
 
-REPO = Path(__file__).resolve().parents[1]
 SR = 16_000
 
 
+SMALL_TEXT = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8, "num_attention_heads": 16,
+              "num_key_value_heads": 4, "head_dim": 32}
+
+
+def _small(config) -> None:
+    thinker = config.thinker_config
+    for key, value in SMALL_TEXT.items():
+        setattr(thinker.text_config, key, value)
+    thinker.text_config.layer_types = ["full_attention"] * SMALL_TEXT["num_hidden_layers"]
+    thinker.audio_config.output_dim = thinker.vision_config.out_hidden_size = SMALL_TEXT["hidden_size"]
+
+
 def build_model(out: Path, size: str) -> Path:
-    """The tiny Omni (head dim 32, vLLM's CPU minimum), or a wider, deeper thinker for ``small``."""
-    import torch
-    from transformers import Qwen2_5OmniForConditionalGeneration
+    """The tiny Omni (head dim 32, vLLM's CPU minimum), or its thinker widened and deepened for ``small``."""
+    from verl_audio.models.tiny import build_tiny_omni
 
-    from verl_audio.models import tiny
-
-    if (out / "config.json").exists():
-        return out
-    path = tiny.build_tiny_omni(out, head_dim=32)
-    if size == "tiny":
-        return path
-    config = Qwen2_5OmniForConditionalGeneration.from_pretrained(path).config
-    text = config.thinker_config.text_config
-    text.hidden_size, text.intermediate_size, text.num_hidden_layers = 512, 1536, 8
-    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 16, 4, 32
-    config.thinker_config.audio_config.output_dim = 512
-    config.thinker_config.vision_config.out_hidden_size = 512
-    torch.manual_seed(0)
-    model = Qwen2_5OmniForConditionalGeneration(config)
-    model.save_pretrained(out, safe_serialization=True)
+    if not (out / "config.json").exists():
+        build_tiny_omni(out, head_dim=32, edit_config=_small if size == "small" else None)
     return out
 
 
@@ -109,19 +103,7 @@ def generation(model: Path, backend: str, requests: int, tokens: int) -> dict[st
 
 def grpo_steps(out: Path, backend: str, steps: int) -> dict[str, float]:
     """Mean ``timing_s/step`` and ``timing_s/gen`` of a tiny-preset run over steps 2..N."""
-    from verl_audio.trainer.metrics_log import training_steps
-
-    name = f"bench_{backend}"
-    env = {**os.environ, "PRESET": "tiny", "ROLLOUT": backend, "OUTPUTS": str(out), "EXPERIMENT": name,
-           "PYTHON": sys.executable}
-    overrides = [f"trainer.total_training_steps={steps}", "trainer.save_freq=-1", "trainer.test_freq=-1",
-                 "verl_audio.export=false", "verl_audio.plot=false", "trainer.resume_mode=disable"]
-    result = subprocess.run(["bash", str(REPO / "recipes/soundmind_alr.sh"), *overrides], cwd=REPO, env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{backend} run failed (rc {result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    data = training_steps(out / name / "metrics.jsonl")
-    later = [d for step, d in data.items() if step > 1] or list(data.values())
+    later = later_steps(out, f"bench_{backend}", [f"trainer.total_training_steps={steps}"], ROLLOUT=backend)
     return {key: statistics.mean(d[f"timing_s/{key}"] for d in later) for key in ("step", "gen")}
 
 

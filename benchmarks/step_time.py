@@ -36,15 +36,13 @@ the benchmark prints both ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
+from recipe_runs import REPO, later_steps
 #: Qwen2.5-Omni-7B's sizes (its config.json) that the FLOP count reads
 OMNI_7B = {"audio": {"encoder_layers": 32, "d_model": 1280, "encoder_ffn_dim": 5120, "num_mel_bins": 128,
                      "n_window": 100, "output_dim": 3584},
@@ -166,21 +164,11 @@ def _lengthen(tokenizer, content: str, target: int) -> str:
 
 def run(out: Path, model: Path, name: str, data: Path, steps: int, cache: bool) -> dict[str, float]:
     """One tiny-preset run of ``model`` on ``data``; the mean of each phase over steps 2..N."""
-    from verl_audio.trainer.metrics_log import training_steps
-
     overrides = [f"actor_rollout_ref.model.path={model}", f"data.train_files={data / 'train.parquet'}",
-                 f"data.val_files={data / 'dev.parquet'}", f"trainer.total_training_steps={steps}",
-                 "trainer.save_freq=-1", "trainer.test_freq=-1", "verl_audio.export=false", "verl_audio.plot=false",
-                 "trainer.resume_mode=disable"]
+                 f"data.val_files={data / 'dev.parquet'}", f"trainer.total_training_steps={steps}"]
     if not cache:
         overrides.append("actor_rollout_ref.model.audio_encoder_cache_size=0")
-    env = {**os.environ, "PRESET": "tiny", "OUTPUTS": str(out), "EXPERIMENT": name, "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(REPO / "recipes/soundmind_alr.sh"), *overrides], cwd=REPO, env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{name} run failed (rc {result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-    steps_data = training_steps(out / name / "metrics.jsonl")
-    later = [data for step, data in steps_data.items() if step > 1] or list(steps_data.values())
+    later = later_steps(out, name, overrides)
     means = {phase: statistics.mean(d[key] for d in later if key in d) for phase, key in PHASES.items()}
     means["prompt tokens"] = statistics.mean(d["prompt_length/mean"] for d in later)
     for phase in ("old_log_prob", "ref", "update"):

@@ -4,7 +4,8 @@
 #                bundled demo sample, a few GRPO steps on CPU, checkpoint, export, reward curve;
 #                ROLLOUT=hf (default) or ROLLOUT=vllm (vLLM's CPU build).
 #   PRESET=paper the paper's settings on 8 GPUs: MODEL_PATH (default Qwen/Qwen2.5-Omni-7B), DATA_DIR
-#                (prepared ALR parquet), ROLLOUT=vllm|hf.
+#                (prepared ALR parquet), ROLLOUT=vllm|hf (default vllm; hf for audio output, which
+#                only the hf backend speaks).
 #   INPUT_MODALITY=audio|text (default audio) and OUTPUT_MODALITY=text|audio (default text) pick the paper's
 #                mode: audio->text, text->audio, audio->audio (and text->text). Audio output turns on the
 #                rollout's speech stage (talker + token2wav of the checkpoint; docs/models.md).
@@ -67,6 +68,8 @@ paper)
     exit 2
   fi
   DATA_DIR=${DATA_DIR:-outputs/alr_data$MODE_SUFFIX}
+  # speech is generated behind the hf backend only (docs/rollout.md): audio output defaults to it
+  if [[ $OUT == audio ]]; then ROLLOUT=${ROLLOUT:-hf}; else ROLLOUT=${ROLLOUT:-vllm}; fi
   EXP=${EXPERIMENT:-soundmind_alr_paper$MODE_SUFFIX}
   if [[ ! -f $DATA_DIR/train.parquet ]]; then
     echo "soundmind_alr.sh: no $DATA_DIR/train.parquet; prepare it with: python examples/data_preprocess/alr.py" \
@@ -76,7 +79,7 @@ paper)
   set -- trainer.experiment_name="$EXP" verl_audio.output_dir="$OUTPUTS/$EXP" \
     actor_rollout_ref.model.path="${MODEL_PATH:-Qwen/Qwen2.5-Omni-7B}" \
     data.train_files="$DATA_DIR/train.parquet" data.val_files="$DATA_DIR/dev.parquet" \
-    actor_rollout_ref.rollout.name="${ROLLOUT:-vllm}" actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
+    actor_rollout_ref.rollout.name="$ROLLOUT" actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
     actor_rollout_ref.actor.fsdp_config.param_offload=true actor_rollout_ref.actor.fsdp_config.optimizer_offload=true \
     actor_rollout_ref.ref.fsdp_config.param_offload=true trainer.n_gpus_per_node=8 verl_audio.device=gpu "$@"
   ;;

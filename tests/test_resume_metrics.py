@@ -103,6 +103,12 @@ def test_cpu_mode_sets_logical_gpu_slots_and_refuses_gpu_rollouts(monkeypatch) -
 
     assert cpu_mode.wants_cpu(_config("verl_audio.device=gpu"))[0] is False
     with pytest.raises(ValueError, match="needs a GPU"):
-        cpu_mode.apply(_config("actor_rollout_ref.rollout.name=vllm"))
+        cpu_mode.apply(_config("actor_rollout_ref.rollout.name=sglang"))
+    # vLLM's CPU build runs: no sleep mode, eager, its KV cache sized for the host
+    vllm = _config("actor_rollout_ref.rollout.name=vllm", "verl_audio.vllm_cpu_kvcache_gb=2")
+    cpu_mode.apply(vllm)
+    rollout = vllm.actor_rollout_ref.rollout
+    assert (rollout.enable_sleep_mode, rollout.free_cache_engine, rollout.enforce_eager) == (False, False, True)
+    assert vllm.ray_kwargs.ray_init.runtime_env.env_vars.VLLM_CPU_KVCACHE_SPACE == "2"
     with pytest.raises(ValueError, match="verl_audio.device must be one of"):
         cpu_mode.wants_cpu(_config("verl_audio.device=tpu"))

@@ -7,9 +7,11 @@ A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]
   placeholder ids and sampling as the rollout's validation. Prompts are laid out as verl's
   ``RLHFDataset`` lays them out (``build_messages``) and decoded without special tokens, as verl's reward
   manager decodes them.
-* ``vllm``: reserved; refused with a clear message until the project's vLLM rollout backend exists. A vLLM
-  backend passes ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM expands the run itself and would expand
-  pre-expanded ids again) with the clips as ``multi_modal_data``.
+* ``vllm``: offline ``vllm.LLM`` (vLLM's CPU build without a GPU) with the rollout's worker extension
+  (``verl_audio.rollout.vllm_worker``): the same banned ids (placeholders, ids past the tokenizer) and
+  log-prob mode as the `vllm` rollout. Prompts go in as ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM
+  expands the run itself and would expand pre-expanded ids again) with the clips as ``multi_modal_data``;
+  the audio tokens vLLM ran with are checked against the clips' lengths for every prompt.
 
 A ``Response`` may carry the spoken answer (``audio``) when a backend produces speech itself; otherwise the
 CLI asks a speech synthesizer (``verl_audio.eval.speech``) for rows whose output is audio.
@@ -135,10 +137,59 @@ class HFBackend:
         return [responses[i * sampling.n : (i + 1) * sampling.n] for i in range(len(prompts))]
 
 
-VLLM_UNAVAILABLE = (
-    "--backend vllm is not available in the evaluation CLI yet: it will use the project's vLLM rollout backend "
-    "once that exists (any object with this module's Backend.generate plugs in); use --backend hf"
-)
+class VLLMBackend:
+    """Offline vLLM on the checkpoint (module doc); needs vLLM installed and, on CPU, head dim >= 32."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, *, dtype: str = "float32", processor: str | None = None, seed: int = 0,
+                 max_model_len: int = 8192, max_clips: int = 4) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ValueError(f"--backend vllm needs vLLM ({exc}); scripts/setup_env.sh installs it") from exc
+        from vllm.platforms import current_platform
+
+        from verl_audio.models.audio_features import load_omni_processor
+        from verl_audio.rollout.engine import placeholder_token_ids, tokenizer_size
+        from verl_audio.rollout.vllm_server import WORKER_EXTENSION
+
+        self.processor = load_omni_processor(processor or model)
+        self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
+                       limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
+                       enforce_eager=current_platform.is_cpu(), logprobs_mode="raw_logprobs",
+                       worker_extension_cls=WORKER_EXTENSION)
+        config = self.llm.llm_engine.model_config.hf_config
+        from verl_audio.models.omni_config import thinker_config
+
+        thinker = thinker_config(config)
+        vocab = int(thinker.get_text_config().vocab_size)
+        self.audio_token_id = int(thinker.audio_token_id)
+        # the rollout's bans: placeholders and ids past the tokenizer, after log-probs (vllm_worker)
+        self.llm.collective_rpc("monkey_patch_model", kwargs={
+            "vocab_size": tokenizer_size(str(model), vocab), "banned_token_ids": sorted(placeholder_token_ids(thinker, vocab))})
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
+        from vllm import SamplingParams
+
+        from verl_audio.models.audio_features import SAMPLING_RATE, audio_tokens_for_samples
+
+        params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+        inputs = [{"prompt": chat_text(self.processor, p),
+                   **({"multi_modal_data": {"audio": [(a, SAMPLING_RATE) for a in p.audios]}} if p.audios else {})}
+                  for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        decode = self.processor.tokenizer.decode
+        responses = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            used = sum(1 for t in out.prompt_token_ids if t == self.audio_token_id)
+            expected = sum(audio_tokens_for_samples(len(a)) for a in prompt.audios)
+            if used != expected:
+                raise ValueError(f"vLLM used {used} audio tokens for clips that call for {expected}")
+            responses.append([Response(decode(c.token_ids, skip_special_tokens=True), list(c.token_ids),
+                                       "length" if c.finish_reason == "length" else "stop") for c in out.outputs])
+        return responses
 
 
 def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
@@ -146,5 +197,5 @@ def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
     if name == "hf":
         return HFBackend(model, **{k: v for k, v in kwargs.items() if k in ("device", "dtype", "processor", "seed")})
     if name == "vllm":
-        raise ValueError(VLLM_UNAVAILABLE)
+        return VLLMBackend(model, **{k: v for k, v in kwargs.items() if k in ("dtype", "processor", "seed")})
     raise ValueError(f"--backend must be one of {BACKENDS}, got {name!r}")

@@ -72,7 +72,7 @@ def configure(config: DictConfig) -> bool:
             rollout.engine_kwargs.speech = {}
         rollout.engine_kwargs.speech.enable = bool(enable)
         if enable:
-            if rollout.name != "hf":
+            if rollout.get("name", "hf") != "hf":
                 # the speech server runs inside the hf rollout server; nothing starts one beside vLLM yet
                 raise ValueError(f"{counts['audio']} rows ask for output_modality 'audio': speech is generated "
                                  f"behind rollout.name=hf only, not {rollout.name!r} (ROLLOUT=hf)")
