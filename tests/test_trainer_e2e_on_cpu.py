@@ -49,7 +49,10 @@ def _vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-BACKENDS = ["hf", pytest.param("vllm", marks=pytest.mark.skipif(not _vllm_installed(), reason="vLLM not installed"))]
+#: the vllm run starts vLLM's engine beside the two FSDP workers: several minutes on 2 cores, so `slow`
+#: (tests/test_vllm_rollout.py covers the backend itself in the default run)
+BACKENDS = ["hf", pytest.param("vllm", marks=[pytest.mark.slow,
+                                              pytest.mark.skipif(not _vllm_installed(), reason="vLLM not installed")])]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
