@@ -154,6 +154,11 @@ class VLLMBackend:
         from verl_audio.rollout.engine import placeholder_token_ids, tokenizer_size
         from verl_audio.rollout.vllm_server import WORKER_EXTENSION
 
+        if current_platform.is_cpu():
+            # vLLM's CPU build sizes its KV cache from this (else a fraction of all host memory); 1 GB as in training
+            import os
+
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         self.processor = load_omni_processor(processor or model)
         self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
                        limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
