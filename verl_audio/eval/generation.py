@@ -151,7 +151,7 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         from verl_audio.models.audio_features import load_omni_processor
-        from verl_audio.rollout.engine import placeholder_token_ids, tokenizer_size
+        from verl_audio.rollout.engine import tokenizer_size
         from verl_audio.rollout.vllm_server import WORKER_EXTENSION
 
         if current_platform.is_cpu():
@@ -164,15 +164,13 @@ class VLLMBackend:
                        limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
                        enforce_eager=current_platform.is_cpu(), logprobs_mode="raw_logprobs",
                        worker_extension_cls=WORKER_EXTENSION)
-        config = self.llm.llm_engine.model_config.hf_config
         from verl_audio.models.omni_config import thinker_config
 
-        thinker = thinker_config(config)
-        vocab = int(thinker.get_text_config().vocab_size)
+        thinker = thinker_config(self.llm.llm_engine.model_config.hf_config)
         self.audio_token_id = int(thinker.audio_token_id)
-        # the rollout's bans: placeholders and ids past the tokenizer, after log-probs (vllm_worker)
-        self.llm.collective_rpc("monkey_patch_model", kwargs={
-            "vocab_size": tokenizer_size(str(model), vocab), "banned_token_ids": sorted(placeholder_token_ids(thinker, vocab))})
+        # the rollout's bans after log-probs (vllm_worker adds the Omni placeholders), ids past the tokenizer
+        vocab = tokenizer_size(str(model), int(thinker.get_text_config().vocab_size))
+        self.llm.collective_rpc("monkey_patch_model", kwargs={"vocab_size": vocab, "banned_token_ids": []})
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
         from vllm import SamplingParams

@@ -43,12 +43,12 @@ def _maps_thinker_prefix(model: Any) -> bool:
 def _omni_banned_ids(hf_config: Any) -> list[int]:
     """Omni placeholder and delimiter ids (the `hf` backend's set), empty for other models."""
     from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
-    from verl_audio.rollout.engine import PLACEHOLDER_ID_ATTRS
+    from verl_audio.rollout.engine import placeholder_token_ids
 
     if getattr(hf_config, "model_type", None) not in OMNI_MODEL_TYPES:
         return []
     thinker = thinker_config(hf_config)
-    return sorted({int(getattr(thinker, a)) for a in PLACEHOLDER_ID_ATTRS if getattr(thinker, a, None) is not None})
+    return sorted(placeholder_token_ids(thinker, int(thinker.get_text_config().vocab_size)))
 
 
 def _on_cpu() -> bool:
