@@ -71,6 +71,9 @@ class OmniVLLMHttpServer(vLLMHttpServer):
         hf_config = config.hf_config
         self.omni = getattr(hf_config, "model_type", None) in OMNI_MODEL_TYPES
         self.audio_token_id: int | None = None
+        if getattr(hf_config, "model_type", None) == "qwen2_5_omni_thinker":
+            raise ValueError(f"{config.local_path}: vLLM 0.32 serves full Qwen2.5-Omni checkpoints only (it has no "
+                             "architecture for a thinker-only one); use the full checkpoint or rollout.name=hf")
         if self.omni:
             thinker = thinker_config(hf_config)
             self.audio_token_id = int(thinker.audio_token_id)
