@@ -60,6 +60,14 @@ def test_silence_and_empty_audio_have_no_voice() -> None:
     assert voiced_seconds(np.zeros(0, np.float32), 24000) == 0.0
 
 
+def test_a_clip_scores_the_same_whatever_was_scored_before() -> None:
+    rate = 24000
+    speech, silence = speech_like(1.0, rate), np.zeros(rate // 2, np.float32)
+    first = [voiced_seconds(speech, rate), voiced_seconds(silence, rate)]
+    again = [voiced_seconds(speech, rate), voiced_seconds(silence, rate)]
+    assert first == again and first[1] == 0.0  # no detector state leaks from one clip into the next
+
+
 def test_int16_pcm_is_accepted() -> None:
     pcm = (with_pauses(16000) * 32767).astype(np.int16)
     assert voiced_seconds(pcm, 16000) == pytest.approx(voiced_seconds(with_pauses(16000), 16000), abs=0.1)
