@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import datasets
@@ -268,9 +267,7 @@ def _decoded_seconds(path: str) -> float:
 
 def test_mini_release(shared_alr, tmp_path):
     mini = shared_alr / "mini"
-    start = time.perf_counter()
     (report,) = prepare_alr(mini, tmp_path, "audio", "text", splits=["dev"], progress=False, log=lambda m: None)
-    assert time.perf_counter() - start < 15
     assert (report.rows_in, report.written, report.rejected) == (6, 6, 0)
     meta = {m["id"]: m for m in map(json.loads, (mini / "metadata.jsonl").read_text().splitlines())}
     rows = {r["extra_info"]["id"]: r for r in _rows(report.parquet)}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ray_nodes import RayNodes
 from verl_audio.trainer import cluster

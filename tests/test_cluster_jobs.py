@@ -107,7 +107,7 @@ def test_3_a_node_without_the_data_fails_fast_naming_node_and_path(head: RayNode
     head.add_node(num_cpus=2, num_gpus=0, name="blind", wrap=wrap)
     status, logs, seconds = submit(head, "two_nodes", "trainer.nnodes=2")
     assert status == "FAILED", logs[-6000:]
-    assert f"(blind) id " in logs
+    assert "(blind) id " in logs
     assert f"data.train_files: {data / 'train.parquet'} does not exist" in logs
     assert "ClusterError" in logs
     assert "AudioTaskRunner hostname" not in logs  # nothing of the training started

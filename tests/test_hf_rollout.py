@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -364,9 +363,8 @@ def test_abort_returns_partial_output_and_resume_admits_again(server: HFRolloutS
         after = await generate(server, prompts[0], max_tokens=3, **GREEDY)
         return partial, report, rejected, after
 
-    start = time.perf_counter()
-    partial, report, rejected, after = loop.run_until_complete(run())
-    assert time.perf_counter() - start < 30
+    # a hang guard, not a speed check: abort must end the 20,000-token request
+    partial, report, rejected, after = loop.run_until_complete(asyncio.wait_for(run(), timeout=300))
     assert partial.stop_reason == "aborted" and 0 < len(partial.token_ids) < 20_000
     assert len(partial.log_probs) == len(partial.token_ids)
     assert report == {"aborted_count": 1, "request_ids": ["r"]}
@@ -374,26 +372,19 @@ def test_abort_returns_partial_output_and_resume_admits_again(server: HFRolloutS
     assert after.stop_reason == "completed" and len(after.token_ids) == 3
 
 
-def test_throughput_and_batching_speedup(server: HFRolloutServer, prompts, loop) -> None:
-    """Reports tokens/s one request at a time vs. 24 concurrent requests (not asserted: shared CPUs are noisy)."""
-    params = {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "logprobs": True, "ignore_eos": True, "max_tokens": 32}
+def test_concurrent_requests_batch_up_to_max_batch_size(server: HFRolloutServer, prompts, loop) -> None:
+    """24 concurrent greedy requests run in batches of at most 16 and answer as they do one at a time.
+    (Tokens/s one at a time vs. batched: `benchmarks/rollout_backends.py`.)"""
     requests = [p for p in prompts for _ in range(8)]
 
-    async def run() -> tuple[float, float]:
-        start = time.perf_counter()
-        for p in requests:
-            await generate(server, p, **params)
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        await asyncio.gather(*[generate(server, p, **params) for p in requests])
-        return sequential, time.perf_counter() - start
+    async def run() -> tuple[list, list]:
+        alone = [await generate(server, p, max_tokens=8, ignore_eos=True, **GREEDY) for p in prompts]
+        together = await asyncio.gather(*[generate(server, p, max_tokens=8, ignore_eos=True, **GREEDY)
+                                          for p in requests])  # fmt: skip
+        return alone, together
 
-    sequential, batched = loop.run_until_complete(run())
-    tokens = 32 * len(requests)
-    print(
-        f"\nhf rollout, tiny Omni on CPU: {tokens / sequential:.0f} tok/s one at a time, "
-        f"{tokens / batched:.0f} tok/s batched ({sequential / batched:.1f}x)"
-    )
+    alone, together = loop.run_until_complete(run())
+    for i, out in enumerate(together):
+        assert out.token_ids == alone[i // 8].token_ids, i  # batching does not change greedy answers
     stats = loop.run_until_complete(server.get_stats())
-    print(f"server stats: {stats}")
     assert stats["max_batch"] == 16  # 24 concurrent requests, capped by max_batch_size

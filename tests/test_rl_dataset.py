@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -73,31 +72,28 @@ def tokenizer():
     return tok
 
 
-class StubAudioProcessor:
-    """What verl's length filter needs of an audio processor: a chat template and a call that
-    expands each audio into 25 placeholder tokens per second, as Qwen2.5-Omni's does."""
+@pytest.fixture(scope="module")
+def omni(tmp_path_factory):
+    """The tiny Qwen2.5-Omni's real processor (about a second to build)."""
+    from verl_audio.models.audio_features import load_omni_processor
+    from verl_audio.models.tiny import build_tiny_omni
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.feature_extractor = SimpleNamespace(sampling_rate=16000)
-        self.audio_seen: list[np.ndarray] = []
+    model_dir = tmp_path_factory.mktemp("tiny")
+    build_tiny_omni(model_dir, talker=False, vocab="small")
+    return load_omni_processor(model_dir)
 
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **kwargs):
-        text = ""
-        for m in messages:
-            content = m["content"]
-            if isinstance(content, list):
-                content = " ".join("<|AUDIO|>" if c["type"] == "audio" else c["text"] for c in content)
-            text += f"<|im_start|> {m['role']} {content} <|im_end|> "
-        return text + ("<|im_start|> assistant " if add_generation_prompt else "")
 
-    def __call__(self, text, images=None, videos=None, audio=None, sampling_rate=None, return_tensors=None, **kw):
-        assert sampling_rate == 16000
-        ids = self.tokenizer(text[0], add_special_tokens=False)["input_ids"]
-        for a in audio or []:
-            self.audio_seen.append(a)
-            ids = ids + [3] * (len(a) // 640)
-        return {"input_ids": torch.tensor([ids])}
+def recording(processor):
+    """``processor`` (the same parts) with a record of the audio each call receives."""
+
+    class Recording(type(processor)):
+        def __call__(self, *args, **kwargs):
+            self.audio_seen.extend(kwargs.get("audio") or [])
+            return super().__call__(*args, **kwargs)
+
+    out = Recording.from_processor(processor)
+    out.audio_seen = []
+    return out
 
 
 def _config(tmp_path: Path, **overrides):
@@ -138,10 +134,10 @@ def test_text_rows_with_a_plain_tokenizer(release, tmp_path, tokenizer, caplog):
     assert f"id=0003 tokens={length} > 100" in caplog.text and "dropped 1 of 3" in caplog.text
 
 
-def test_audio_rows_load_16k_arrays(release, tmp_path, tokenizer):
+def test_audio_rows_load_16k_arrays(release, tmp_path, omni):
     parquet = _prepare(release, tmp_path / "out", "audio")
-    processor = StubAudioProcessor(tokenizer)
-    ds = _dataset(parquet, tokenizer, _config(tmp_path), processor)
+    processor = recording(omni)
+    ds = _dataset(parquet, omni.tokenizer, _config(tmp_path), processor)
     assert len(ds) == 3
     # the filter measured the prompts with the decoded audio, whole
     assert sorted(len(a) for a in processor.audio_seen) == [16000 * s for s in (1, 2, 4)]
@@ -157,8 +153,11 @@ def test_audio_rows_load_16k_arrays(release, tmp_path, tokenizer):
     (audio,) = audios
     assert audio.dtype == np.float32 and audio.shape == (4 * 16000,)
 
-    # audio placeholders count: 25/s; a 4 s question is 100 tokens over a limit set between 2 s and 4 s
-    short = _dataset(parquet, tokenizer, _config(tmp_path, max_prompt_length=120), StubAudioProcessor(tokenizer))
+    # the prompts measure the whole clips at 25 placeholders per second: 1 s, 2 s and 4 s apart by 25 and 50
+    lengths = dict(_dataset(parquet, omni.tokenizer, _config(tmp_path, max_prompt_length=1), omni).dropped_overlong)
+    assert lengths["0002"] - lengths["0001"] == 25 and lengths["0003"] - lengths["0002"] == 50
+    limit = lengths["0002"] + 25  # between the 2 s and the 4 s question
+    short = _dataset(parquet, omni.tokenizer, _config(tmp_path, max_prompt_length=limit), omni)
     assert [rid for rid, _ in short.dropped_overlong] == ["0003"] and len(short) == 2
 
 
@@ -168,16 +167,16 @@ def test_audio_rows_without_a_processor_are_refused(release, tmp_path, tokenizer
         _dataset(parquet, tokenizer, _config(tmp_path, filter_overlong_prompts=False))
 
 
-def test_bad_audio_under_error_raises_instead_of_dropping(release, tmp_path, tokenizer, monkeypatch):
+def test_bad_audio_under_error_raises_instead_of_dropping(release, tmp_path, omni, monkeypatch):
     monkeypatch.setenv("VERL_AUDIO_ON_BAD_AUDIO", "error")
     parquet = _prepare(release, tmp_path / "out", "audio")
     broken = release / "dev" / "0002" / "question.wav"
     broken.write_bytes(broken.read_bytes()[:100])  # corrupted after preparation
     with pytest.raises(AudioError, match="truncated") as info:
-        _dataset(parquet, tokenizer, _config(tmp_path), StubAudioProcessor(tokenizer))
+        _dataset(parquet, omni.tokenizer, _config(tmp_path), omni)
     assert info.value.path == str(broken.resolve())
     # drawing the row raises the same way, and so does the agent loop's path
-    ds = _dataset(parquet, tokenizer, _config(tmp_path, filter_overlong_prompts=False), StubAudioProcessor(tokenizer))
+    ds = _dataset(parquet, omni.tokenizer, _config(tmp_path, filter_overlong_prompts=False), omni)
     with pytest.raises(AudioError, match="0002/question.wav"):
         ds[1]
     raw = ds.dataframe[1]
@@ -187,15 +186,15 @@ def test_bad_audio_under_error_raises_instead_of_dropping(release, tmp_path, tok
         asyncio.run(AudioRLHFDataset.process_multi_modal_info(messages, 14, config))
 
 
-def test_other_measuring_errors_name_the_row(release, tmp_path, tokenizer):
+def test_other_measuring_errors_name_the_row(release, tmp_path, omni):
     parquet = _prepare(release, tmp_path / "out", "audio")
 
-    class Failing(StubAudioProcessor):
+    class Failing(type(omni)):
         def __call__(self, *args, **kwargs):
             raise KeyError("boom")
 
     with pytest.raises(RuntimeError, match="row id=0001.*boom"):
-        _dataset(parquet, tokenizer, _config(tmp_path), Failing(tokenizer))
+        _dataset(parquet, omni.tokenizer, _config(tmp_path), Failing.from_processor(omni))
 
 
 def test_to_array_accepts_the_usual_references(tmp_path):
@@ -215,20 +214,8 @@ def test_to_array_accepts_the_usual_references(tmp_path):
         to_array(str(tmp_path / "nope.wav"))
 
 
-def _omni_builders():
-    try:
-        from verl_audio.models.audio_features import load_omni_processor
-        from verl_audio.models.tiny import build_tiny_omni
-    except ImportError as e:
-        pytest.skip(f"tiny Qwen2.5-Omni builder not available: {e}")
-    return build_tiny_omni, load_omni_processor
-
-
-def test_with_the_omni_processor(release, tmp_path):
-    build_tiny_omni, load_omni_processor = _omni_builders()
-    model_dir = tmp_path / "tiny"
-    build_tiny_omni(model_dir, talker=False, vocab="small")
-    processor = load_omni_processor(model_dir)
+def test_with_the_omni_processor(release, tmp_path, omni):
+    processor = omni
     parquet = _prepare(release, tmp_path / "out", "both")
     ds = _dataset(parquet, processor.tokenizer, _config(tmp_path), processor)
     assert len(ds) == 3

@@ -14,7 +14,6 @@ from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 from verl_audio.models.audio_features import (
     AUDIO_TOKENS_PER_SECOND,
     MAX_AUDIO_SECONDS,
-    WHOLE_AUDIO_KWARGS,
     WholeAudioOmniProcessor,
     audio_frames,
     audio_processor_kwargs,
@@ -80,7 +79,7 @@ def test_stock_processor_cuts_long_audio(ckpt: Path) -> None:
 
 def test_90s_clip_keeps_every_placeholder(processor) -> None:
     clip = _clip(90)
-    for kwargs in (audio_processor_kwargs([clip]), WHOLE_AUDIO_KWARGS, {}, {"sampling_rate": SR}):
+    for kwargs in (audio_processor_kwargs([clip]), audio_processor_kwargs(), {}, {"sampling_rate": SR}):
         out = processor(text=PROMPT, audio=[clip], return_tensors="pt", **kwargs)
         (count,) = _n_audio(processor, out["input_ids"])
         assert count >= 0.95 * AUDIO_TOKENS_PER_SECOND * 90
@@ -204,14 +203,14 @@ def test_kwargs_shape_suits_verl(processor) -> None:
     # the longest clip plus two hops of zeros: ceil(n / 160) frames, as the padded window gives
     assert kwargs["audio_kwargs"]["max_length"] == 2 * SR + 2 * 160 and kwargs["audio_kwargs"]["truncation"] is False
     assert "max_length" not in kwargs and "truncation" not in kwargs  # would reach the tokenizer too
-    assert "max_length" not in WHOLE_AUDIO_KWARGS["audio_kwargs"]
+    assert "max_length" not in audio_processor_kwargs()["audio_kwargs"]  # the static form, for verl's configs
     with pytest.raises(ValueError, match="empty"):
         audio_processor_kwargs([np.zeros(0, np.float32)])
     from verl.utils.tokenizer import build_multimodal_processor_inputs
 
     clip = _clip(40)
     out = build_multimodal_processor_inputs(
-        processor, text=[PROMPT], audio=[clip], mm_processor_kwargs=WHOLE_AUDIO_KWARGS
+        processor, text=[PROMPT], audio=[clip], mm_processor_kwargs=audio_processor_kwargs()
     )
     assert _n_audio(processor, out["input_ids"]) == [1000]
     assert out["input_features"].shape == (1, 128, 4000)

@@ -1,7 +1,8 @@
-"""Bounded, thread-safe caches keyed by content: the same clip is worked on once, whoever asks for it.
+"""Bounded, thread-safe caches keyed by content: within one process, a clip still held is not worked on again.
 
 verl repeats each prompt ``rollout.n`` times and its agent loop handles every copy on its own, so the same
-audio reaches the processor, the rollout's featurizer and its encoder many times per step. ``LRUCache``
+audio reaches the processor, the rollout's featurizer and its encoder many times per step. Each process
+(agent-loop worker, rollout server) has its own caches; nothing is shared between processes. ``LRUCache``
 holds recent results; ``audio_key`` names a clip by its samples.
 """
 

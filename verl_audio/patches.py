@@ -449,6 +449,19 @@ def register_rollout_adapter(name: str, class_path: str, mode: str = "async") ->
     _ROLLOUT_REGISTRY[(name, mode)] = class_path
 
 
+# --- 11. which engines a model type already has, per device --------------------------------------
+# `EngineRegistry.register` asserts on a key taken before, and its only reader, `get_engine_cls`, answers
+# for the current device alone. Registering for several devices, idempotently across re-imports, needs
+# the table itself: the private `EngineRegistry._engines`, read here (guard entry in upstream.REQUIRED).
+
+
+def registered_engines(model_type: str, backend: str) -> dict[Any, type]:
+    """verl's engine classes for ``model_type``/``backend``, keyed by device (a copy)."""
+    from verl.workers.engine.base import EngineRegistry
+
+    return dict(EngineRegistry._engines.get(model_type, {}).get(backend, {}))
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,

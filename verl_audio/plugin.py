@@ -46,9 +46,11 @@ def _apply_patches() -> None:
 def _register_engine(engine_cls: type, model_type: str, devices: list[str]) -> None:
     from verl.workers.engine.base import EngineRegistry
 
+    from verl_audio.patches import registered_engines
+
     for backend in FSDP_BACKENDS:
         # register() asserts on duplicates; skip keys already taken by this very class (re-imports)
-        taken = EngineRegistry._engines.get(model_type, {}).get(backend, {})
+        taken = registered_engines(model_type, backend)
         for device in devices:
             if taken.get(device) is engine_cls:
                 continue

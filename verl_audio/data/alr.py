@@ -24,15 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from verl_audio.contract import ENTAILED, NOT_ENTAILED
-from verl_audio.data.alr_rows import (  # noqa: F401  (re-exported: the row API lives beside the run)
-    ABILITY,
-    DATA_SOURCE,
-    SCHEMA,
-    RowError,
-    build_row,
-    parse_label,
-    reasoning_label,
-)
+from verl_audio.data.alr_rows import SCHEMA, RowError, build_row, reasoning_label
 from verl_audio.data.alr_sources import SourceRow, download_release, is_hub_id, read_split
 from verl_audio.data.confine import AUDIO_ROOT_KEY
 

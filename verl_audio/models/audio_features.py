@@ -148,10 +148,6 @@ def audio_processor_kwargs(audios: Any = None, *, sampling_rate: int = SAMPLING_
     return {"sampling_rate": sampling_rate, "audio_kwargs": audio_kwargs}
 
 
-#: the static form, for configs that cannot see the clips (e.g. verl's ``mm_processor_kwargs``)
-WHOLE_AUDIO_KWARGS: dict[str, Any] = audio_processor_kwargs()
-
-
 def _cut(value: Any, frames: int) -> Any:
     if hasattr(value, "shape"):  # torch / numpy
         return value[..., :frames]
@@ -233,11 +229,21 @@ class WholeAudioOmniProcessor(Qwen2_5OmniProcessor):
             chat_template=processor.chat_template,
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        # saved configs name the stock class, so a checkpoint reloads with stock transformers
+        return {**super().to_dict(), "processor_class": Qwen2_5OmniProcessor.__name__}
 
-# ProcessorMixin writes the class name into processor_config.json and tokenizer_config.json
-# (``processor_class``) and verl dispatches on it, so the class goes by the stock name: a saved
-# checkpoint reloads with stock transformers. pickle (Ray) finds the class by ``__qualname__``, unchanged.
-WholeAudioOmniProcessor.__name__ = Qwen2_5OmniProcessor.__name__
+    def save_pretrained(self, save_directory: Any, **kwargs: Any) -> Any:
+        """Saved as the stock processor (ProcessorMixin writes the saving class's name into
+        tokenizer_config.json too), with the stock Whisper extractor's settings."""
+        stock = Qwen2_5OmniProcessor(
+            image_processor=self.image_processor,
+            video_processor=self.video_processor,
+            feature_extractor=CachingWhisperFeatureExtractor.uncached(self.feature_extractor),
+            tokenizer=self.tokenizer,
+            chat_template=self.chat_template,
+        )
+        return stock.save_pretrained(save_directory, **kwargs)
 
 
 #: results a ``CachingWhisperFeatureExtractor`` keeps (per extractor; 0 turns the cache off). Each holds
@@ -297,6 +303,10 @@ class CachingWhisperFeatureExtractor(WhisperFeatureExtractor):
         return _copy_features(cache.get_or_compute(key, lambda: super(CachingWhisperFeatureExtractor, self).__call__(
             raw_speech, **kwargs)))
 
+    def to_dict(self) -> dict[str, Any]:
+        # saved configs name the stock class, so stock transformers reloads them
+        return {**super().to_dict(), "feature_extractor_type": WhisperFeatureExtractor.__name__}
+
     @staticmethod
     def uncached(extractor: Any) -> Any:
         """``extractor`` without this cache (a plain Whisper extractor, same settings), for callers with their own."""
@@ -311,9 +321,6 @@ class CachingWhisperFeatureExtractor(WhisperFeatureExtractor):
             return extractor
         return cls.from_dict(extractor.to_dict())
 
-
-# saved configs name the stock class (stock transformers reloads them); pickle finds it by __qualname__
-CachingWhisperFeatureExtractor.__name__ = WhisperFeatureExtractor.__name__
 
 
 def whole_audio_feature_extractor(max_seconds: int = MAX_AUDIO_SECONDS) -> WhisperFeatureExtractor:
