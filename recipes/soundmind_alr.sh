@@ -4,8 +4,8 @@
 #                bundled demo sample, a few GRPO steps on CPU, checkpoint, export, reward curve;
 #                ROLLOUT=hf (default) or ROLLOUT=vllm (vLLM's CPU build).
 #   PRESET=paper the paper's settings on 8 GPUs: MODEL_PATH (default Qwen/Qwen2.5-Omni-7B), DATA_DIR
-#                (prepared ALR parquet), ROLLOUT=vllm|hf (default vllm; hf for audio output, which
-#                only the hf backend speaks).
+#                (prepared ALR parquet), ROLLOUT=vllm|hf (default vllm; with audio output a speech
+#                server runs beside each vLLM replica).
 #   INPUT_MODALITY=audio|text (default audio) and OUTPUT_MODALITY=text|audio (default text) pick the paper's
 #                mode: audio->text, text->audio, audio->audio (and text->text). Audio output turns on the
 #                rollout's speech stage (talker + token2wav of the checkpoint; docs/models.md).
@@ -68,8 +68,7 @@ paper)
     exit 2
   fi
   DATA_DIR=${DATA_DIR:-outputs/alr_data$MODE_SUFFIX}
-  # speech is generated behind the hf backend only (docs/rollout.md): audio output defaults to it
-  if [[ $OUT == audio ]]; then ROLLOUT=${ROLLOUT:-hf}; else ROLLOUT=${ROLLOUT:-vllm}; fi
+  ROLLOUT=${ROLLOUT:-vllm}
   EXP=${EXPERIMENT:-soundmind_alr_paper$MODE_SUFFIX}
   if [[ ! -f $DATA_DIR/train.parquet ]]; then
     echo "soundmind_alr.sh: no $DATA_DIR/train.parquet; prepare it with: python examples/data_preprocess/alr.py" \

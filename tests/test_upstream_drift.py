@@ -69,7 +69,10 @@ def test_verl_hf_processor_still_rejects_omni(tiny: Path, monkeypatch: pytest.Mo
     from verl_audio.models.audio_features import load_omni_processor
 
     original = getattr(tokenizer_utils.hf_processor, patches.ORIGINAL_ATTR)
-    processor = load_omni_processor(tiny)  # what AutoProcessor gives where torchvision is installed
+    ours = load_omni_processor(tiny)
+    processor = transformers.Qwen2_5OmniProcessor(  # the stock class, as AutoProcessor gives it
+        image_processor=ours.image_processor, video_processor=ours.video_processor,
+        feature_extractor=ours.feature_extractor, tokenizer=ours.tokenizer, chat_template=ours.chat_template)
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
     with pytest.warns(UserWarning, match="Unsupported processor type: Qwen2_5OmniProcessor"):
         result = original(str(tiny))

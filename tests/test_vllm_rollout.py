@@ -2,8 +2,10 @@
 
 One server for the module (vLLM's engine takes tens of seconds to start on 2 cores): whole audio (the
 audio tokens vLLM used, for 100 s and 5 s clips), rollout log-probs against a transformers forward, greedy
-tokens equal to the `hf` backend's, a weight update through verl's own ``ServerAdapter`` (vLLM then follows
-the new weights, not the old), and the replica's control calls. Skips without vLLM (``VLLM=none``).
+tokens equal to the `hf` backend's, a weight update through the registry's adapter (verl's
+``ServerAdapter`` plus the speech copy: vLLM then follows the new weights, not the old, and so does the
+speech server beside it), speech for a vLLM response, and the replica's control calls. Skips without vLLM
+(``VLLM=none``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from verl.workers.rollout.replica import RolloutReplicaRegistry  # noqa: E402
 from verl_audio.models.audio_features import AUDIO_TOKENS_PER_SECOND, load_omni_processor  # noqa: E402
 from verl_audio.models.tiny import build_tiny_omni  # noqa: E402
 from verl_audio.rollout.server import HFRolloutServer  # noqa: E402
+from verl_audio.rollout.vllm_adapter import OmniVLLMServerAdapter  # noqa: E402
 from verl_audio.rollout.vllm_server import OmniVLLMReplica, collapse_runs  # noqa: E402
+from verl_audio.speech.endpoints import speech_actor_name  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,6 +41,8 @@ SR = 16_000
 GREEDY = {"temperature": 0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 SAMPLED = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
 RESPONSE = 8
+#: speech on: the replica starts speech_server_0 beside vLLM (greedy talker, a few codec tokens)
+SPEECH = {"enable": True, "talker_do_sample": False, "talker_max_new_tokens": 20, "device": "cpu"}
 
 
 @ray.remote(num_gpus=1, num_cpus=0)
@@ -52,7 +58,7 @@ def _config(**overrides: Any) -> RolloutConfig:
     base = dict(
         name="vllm", prompt_length=4096, response_length=RESPONSE, dtype="float32", tensor_model_parallel_size=1,
         enable_sleep_mode=False, free_cache_engine=False, enforce_eager=True, logprobs_mode="raw_logprobs",
-        max_model_len=4096, load_format="auto", engine_kwargs={"hf": {"batch_window_ms": 100}},
+        max_model_len=4096, load_format="auto", engine_kwargs={"hf": {"batch_window_ms": 100}, "speech": SPEECH},
     )
     return RolloutConfig(**{**base, **overrides})
 
@@ -148,7 +154,8 @@ def test_audio_reaches_vllm_whole_and_log_probs_match_the_actor(replica, ckpts, 
 
 def test_greedy_tokens_equal_the_hf_backend(replica, ckpts, processor, loop) -> None:
     prompts = [_prompt(processor, "Is it entailed?", 3.0, 2), _prompt(processor, "Listen", 1.2, 3)]
-    hf = HFRolloutServer(config=_config(name="hf"), model_config={"path": str(ckpts[0])})
+    hf = HFRolloutServer(config=_config(name="hf", engine_kwargs={"hf": {"batch_window_ms": 100}}),
+                         model_config={"path": str(ckpts[0])})
     for i, prompt in enumerate(prompts):
         from_vllm = loop.run_until_complete(_ask(replica.server_handle, prompt, f"g{i}", GREEDY))
         from_hf = loop.run_until_complete(hf.generate(prompt_ids=prompt[0], sampling_params=dict(GREEDY),
@@ -163,6 +170,7 @@ def test_weight_update_through_verls_adapter(replica, ckpts, processor, loop, mo
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "1")
     adapter = get_rollout_class("vllm", "async")(config=_config(), model_config=_ModelConfig(), device_mesh=None)
+    assert isinstance(adapter, OmniVLLMServerAdapter) and adapter.speaks
     old = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[0], dtype=torch.float32).eval()
     new = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[1], dtype=torch.float32).eval()
     # the actor's names: the thinker's own, without the checkpoint's "thinker." prefix
@@ -173,11 +181,37 @@ def test_weight_update_through_verls_adapter(replica, ckpts, processor, loop, mo
     to_new = (lp - _token_log_probs(new, processor, prompt, list(out.token_ids))).abs().max().item()
     to_old = (lp - _token_log_probs(old, processor, prompt, list(out.token_ids))).abs().max().item()
     assert to_new < 1e-4 < 0.01 < to_old, (to_new, to_old)
+    # the speech server's own thinker took the same tensors: it speaks from the actor's weights
+    speech = ray.get_actor(speech_actor_name(0))
+    held = ray.get(speech.__ray_call__.remote(lambda server: server.stage.thinker.state_dict()))
+    assert held.keys() == new.state_dict().keys()
+    assert all(torch.equal(held[k], v) for k, v in new.state_dict().items())
+    assert ray.get(speech.speak.remote(prompt_ids=prompt[0], response_ids=list(out.token_ids), audio_data=[prompt[1]],
+                                       sampling_rate=SR))["global_steps"] == 3  # fmt: skip
     # and back: the same adapter restores the first weights exactly
     loop.run_until_complete(adapter.update_weights(iter(old.state_dict().items()), global_steps=4))
     again = loop.run_until_complete(_ask(replica.server_handle, prompt, "restored", SAMPLED))
     back = (torch.tensor(again.log_probs) - _token_log_probs(old, processor, prompt, list(again.token_ids))).abs()
     assert back.max().item() < 1e-4
+
+
+def test_speech_beside_vllm_equals_the_stage_on_the_same_weights(replica, ckpts, processor, loop) -> None:
+    """A vLLM response spoken by speech_server_0 equals the speech stage run in-process on the checkpoint."""
+    from verl_audio.speech.server import StandaloneSpeechServer
+
+    prompt = _prompt(processor, "Is it entailed?", 1.5, 6)
+    out = loop.run_until_complete(_ask(replica.server_handle, prompt, "speak", GREEDY))
+    speech = ray.get_actor(speech_actor_name(0))
+    assert replica.speech_server is not None
+    ray.get(speech.__ray_call__.remote(lambda server: server.stage.thinker.load_state_dict(
+        Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(ckpts[0], dtype=torch.float32).state_dict())))
+    request = dict(prompt_ids=prompt[0], response_ids=list(out.token_ids), audio_data=[prompt[1]], sampling_rate=SR)
+    remote = ray.get(speech.speak.remote(**request))
+    local = StandaloneSpeechServer(str(ckpts[0]), {"speech": SPEECH}, "float32")
+    local._requests = ray.get(speech.__ray_call__.remote(lambda server: server._requests)) - 1  # same seed
+    here = loop.run_until_complete(local.speak(**request))
+    assert remote["sampling_rate"] == here["sampling_rate"] == 24000 and remote["codec_tokens"] > 0
+    np.testing.assert_allclose(remote["array"], here["array"], atol=1e-6, rtol=0)
 
 
 def test_replica_control_calls(replica, processor, loop) -> None:

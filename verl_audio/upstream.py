@@ -171,6 +171,16 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.rollout.vllm_rollout.bucketed_weight_transfer", "BucketedWeightReceiver.receive_weights",
      ("self", "on_bucket_received")),
     ("verl.utils.vllm.patch", "patch_vllm_moe_model_weight_loader", ("model",)),
+    # patch 12 (packed multi-row position ids)
+    ("verl.workers.utils.padding", "left_right_2_no_padding", ("data",)),
+    ("verl.trainer.ppo.ray_trainer", "left_right_2_no_padding", None),
+    # speech beside vLLM (verl_audio.rollout.vllm_adapter; the registry entry it replaces)
+    ("verl.workers.rollout.vllm_rollout", "ServerAdapter", None),
+    ("verl.workers.rollout.vllm_rollout.vllm_rollout", "ServerAdapter.__init__",
+     ("self", "config", "model_config", "device_mesh", "replica_rank")),
+    ("verl.workers.rollout.vllm_rollout.vllm_rollout", "ServerAdapter.update_weights",
+     ("self", "weights", "global_steps", "wire_format")),
+    ("verl.workers.rollout.utils", "ensure_async_iterator", None),
     ("vllm.model_executor.model_loader.reload", "initialize_layerwise_reload", ("model",)),
     ("vllm.model_executor.model_loader.reload", "finalize_layerwise_reload", None),
     ("vllm.v1.sample.sampler", "Sampler.forward", ("self", "logits", "sampling_metadata")),
@@ -209,6 +219,10 @@ PINNED: list[tuple[str, str, str, str]] = [
      "calls engine.pause_generation(wait_for_inflight_requests=..., clear_cache=...)"),
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.run_server", "e2bd34e512d9937b",
      "sets self.engine and calls monkey_patch_model(vocab_size, banned_token_ids) through collective_rpc"),
+    ("verl.workers.utils.padding", "left_right_2_no_padding", "63d71cac822f21fa",
+     "packs (4, L_i) position ids with torch.nested.as_nested_tensor(list, layout=torch.jagged) (patch 12)"),
+    ("verl.workers.rollout.vllm_rollout.vllm_rollout", "ServerAdapter.__init__", "8fb279096fb92250",
+     "sets replica_rank and _has_server (the replica's first rank), which the speech weight copy reads"),
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMReplica.launch_servers", "1910e1aa53f4ded5",
      "builds servers from self.server_class and reads each worker's accelerator id by get_resource_name()"),
     ("verl.workers.rollout.vllm_rollout.utils", "vLLMColocateWorkerExtension.update_weights_from_ipc",
@@ -242,6 +256,11 @@ def resolve(module: str, qualname: str) -> Any:
     return obj
 
 
+def unpatched(obj: Any) -> Any:
+    """The upstream object behind a wrapper that ``verl_audio.patches`` installed (``obj`` itself otherwise)."""
+    return getattr(obj, "__verl_audio_original__", obj)
+
+
 def problems(entry: Requirement) -> list[str]:
     """What no longer matches for ``entry`` (empty when the upstream symbol is as expected)."""
     module, qualname, expected = entry
@@ -269,7 +288,7 @@ def source_hash(module: str, qualname: str) -> str:
     """sha256 (first 16 hex digits) of the source of ``module.qualname``, whitespace at line ends ignored."""
     import hashlib
 
-    source = inspect.getsource(resolve(module, qualname))
+    source = inspect.getsource(unpatched(resolve(module, qualname)))
     text = "\n".join(line.rstrip() for line in source.splitlines())
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -283,7 +302,7 @@ def pin_problems(pin: tuple[str, str, str, str]) -> list[str]:
     except (ImportError, AttributeError, OSError, TypeError) as exc:
         return [f"{where}: missing ({exc})"]
     if found != expected:
-        obj = resolve(module, qualname)
+        obj = unpatched(resolve(module, qualname))
         line = inspect.getsourcelines(obj)[1]
         return [f"{where} ({inspect.getsourcefile(obj)}:{line}) changed: hash {found}, pinned {expected}; "
                 f"we rely on: {reason}"]

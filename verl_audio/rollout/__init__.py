@@ -3,8 +3,9 @@
 ``register()`` (the plugin runs it at ``import verl``) installs two backends in verl's registries:
 
 * ``rollout.name=vllm``: verl's own vLLM rollout, with its replica class replaced by
-  ``vllm_server.OmniVLLMReplica`` (whole audio for Omni, vLLM's CPU build; see that module). verl's
-  worker-side ``ServerAdapter`` is kept.
+  ``vllm_server.OmniVLLMReplica`` (whole audio for Omni, vLLM's CPU build, a speech server beside it; see
+  that module) and its worker-side ``ServerAdapter`` by ``vllm_adapter.OmniVLLMServerAdapter`` (verl's,
+  plus the weights for that speech server).
 * ``rollout.name=hf``: the reference backend, transformers generation. Pieces, in the order a request
   meets them:
 
@@ -23,8 +24,11 @@ from __future__ import annotations
 #: name of the `hf` backend in verl's registries and prefix of its server actors' names
 BACKEND = "hf"
 ADAPTER = "verl_audio.rollout.adapter.HFServerAdapter"
-#: verl's vLLM backend name, whose replica class is replaced
+#: verl's vLLM backend name, whose replica and adapter classes are replaced
 VLLM_BACKEND = "vllm"
+VLLM_ADAPTER = "verl_audio.rollout.vllm_adapter.OmniVLLMServerAdapter"
+#: verl 0.9.1's own entry for the vLLM adapter (the one replaced)
+VERL_VLLM_ADAPTER = "verl.workers.rollout.vllm_rollout.ServerAdapter"
 
 
 def _load_replica() -> type:
@@ -51,4 +55,5 @@ def register() -> list[str]:
     RolloutReplicaRegistry.register(BACKEND, _load_replica)
     register_rollout_adapter(BACKEND, ADAPTER)
     RolloutReplicaRegistry.register(VLLM_BACKEND, _load_vllm_replica)
+    register_rollout_adapter(VLLM_BACKEND, VLLM_ADAPTER, replaces=VERL_VLLM_ADAPTER)
     return [f"rollout:{BACKEND}", f"rollout:{VLLM_BACKEND}"]

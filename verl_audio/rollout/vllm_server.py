@@ -19,6 +19,9 @@ For any other model the behaviour is verl's, except on CPU (see below).
   takes ``mode="abort"|"wait"``: the engine's method is adapted once it exists.
 * **CPU.** vLLM's CPU platform has no sleep mode and sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE``;
   ``verl_audio.trainer.cpu_mode`` sets the rollout keys for it.
+* **Speech.** vLLM returns no hidden states, so with ``engine_kwargs.speech.enable`` the replica also starts
+  a ``StandaloneSpeechServer`` (``speech_server_<replica>``) on its first worker's node, with its own
+  thinker copy; ``verl_audio.rollout.vllm_adapter`` feeds it the weights the vLLM server receives.
 """
 
 from __future__ import annotations
@@ -38,8 +41,6 @@ from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
 
 logger = logging.getLogger(__name__)
 
-#: backend name in verl's registries (verl's own; the replica below replaces verl's under it)
-BACKEND = "vllm"
 WORKER_EXTENSION = "verl_audio.rollout.vllm_worker.OmniVLLMWorkerExtension"
 
 
@@ -154,8 +155,28 @@ class OmniVLLMHttpServer(vLLMHttpServer):
 
 
 class OmniVLLMReplica(vLLMReplica):
-    """verl's vLLM replica, starting ``OmniVLLMHttpServer`` actors."""
+    """verl's vLLM replica, starting ``OmniVLLMHttpServer`` actors (and a speech server when speech is on)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.server_class = ray.remote(OmniVLLMHttpServer)
+        self.speech_server: Any = None
+
+    async def launch_servers(self) -> None:
+        await super().launch_servers()
+        if self.is_reward_model or self.is_teacher_model or not speech_enabled(self.config.engine_kwargs):
+            return
+        from verl_audio.rollout.replica import _worker_placement
+        from verl_audio.rollout.server import model_path
+        from verl_audio.speech.server import launch_standalone
+
+        node_id, _, devices = await self.workers[0].__ray_call__.remote(_worker_placement)
+        self.speech_server = launch_standalone(self.replica_rank, node_id, model_path(self.model_config),
+                                               self.config.engine_kwargs, self.config.dtype,
+                                               devices[0] if devices else None)  # fmt: skip
+        await self.speech_server.get_stats.remote()  # construction errors surface at start, not at the first row
+
+
+def speech_enabled(engine_kwargs: Any) -> bool:
+    """Whether ``rollout.engine_kwargs.speech.enable`` is on."""
+    return bool(((engine_kwargs or {}).get("speech") or {}).get("enable"))

@@ -141,3 +141,33 @@ class StandaloneSpeechServer(SpeechServer):
         featurizer = AudioFeaturizer(processor.feature_extractor, stage.audio_token_id)
         super().__init__(stage, featurizer)
         logger.info("stand-alone speech server on %s: %s", device, modules.parameter_bytes())
+
+
+def launch_standalone(replica_rank: int, node_id: str, model_path: str, engine_kwargs: Any, dtype: str,
+                      visible_device: str | None = None) -> Any:  # fmt: skip
+    """Start ``speech_server_<replica_rank>`` (a ``StandaloneSpeechServer`` Ray actor) on ``node_id``.
+
+    It holds no Ray CPU/GPU slot, like the rollout servers: it works while the colocated trainer waits.
+    With ``visible_device`` (the replica's first accelerator) it sees that device only.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from verl_audio.rollout.replica import _noset_visible_devices_env
+    from verl_audio.speech.endpoints import speech_actor_name
+
+    env = _noset_visible_devices_env()
+    if visible_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = visible_device
+    options = SpeechOptions.from_engine_kwargs(engine_kwargs)
+    return (
+        ray.remote(StandaloneSpeechServer)
+        .options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            runtime_env={"env_vars": env},
+            name=speech_actor_name(replica_rank),
+            num_cpus=0,
+            max_concurrency=max(16, 2 * options.max_batch_size),
+        )
+        .remote(model_path, engine_kwargs, dtype)
+    )

@@ -72,10 +72,6 @@ def configure(config: DictConfig) -> bool:
             rollout.engine_kwargs.speech = {}
         rollout.engine_kwargs.speech.enable = bool(enable)
         if enable:
-            if rollout.get("name", "hf") != "hf":
-                # the speech server runs inside the hf rollout server; nothing starts one beside vLLM yet
-                raise ValueError(f"{counts['audio']} rows ask for output_modality 'audio': speech is generated "
-                                 f"behind rollout.name=hf only, not {rollout.name!r} (ROLLOUT=hf)")
             model = Path(str(config.actor_rollout_ref.model.path)).expanduser()
             if model.is_dir():  # a Hub id is checked when the speech worker loads it
                 require_speech_weights(model)

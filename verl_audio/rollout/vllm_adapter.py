@@ -1,0 +1,70 @@
+"""``OmniVLLMServerAdapter``: verl's vLLM ``ServerAdapter`` that also feeds the replica's speech server.
+
+The actor worker side of ``rollout.name=vllm`` (verl's ``_ROLLOUT_REGISTRY[("vllm", "async")]``, pointed
+here by ``verl_audio.rollout.register``). Without speech it is verl's adapter unchanged. With
+``engine_kwargs.speech.enable`` the replica runs a ``StandaloneSpeechServer`` with its own thinker
+(vLLM returns no hidden states to condition the talker on), and that thinker must speak with this step's
+weights: every tensor verl streams to vLLM is also copied to CPU and sent, in buckets of
+``checkpoint_engine.update_weights_bucket_megabytes``, to ``speech_server_<replica>``; the update ends with
+``finish_weight_update(global_steps)`` once vLLM has its weights too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+import torch
+from verl.workers.rollout.utils import ensure_async_iterator
+from verl.workers.rollout.vllm_rollout.vllm_rollout import ServerAdapter
+
+from verl_audio.rollout.vllm_server import speech_enabled
+from verl_audio.speech.endpoints import speech_actor_name
+
+
+class OmniVLLMServerAdapter(ServerAdapter):
+    """verl's adapter; full-tensor updates also reach the speech server when speech is on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.speaks = speech_enabled(self.config.engine_kwargs)
+        self.bucket_bytes = int(self.config.checkpoint_engine.update_weights_bucket_megabytes) << 20
+        self._speech: ray.actor.ActorHandle | None = None
+
+    def _speech_server(self) -> ray.actor.ActorHandle:
+        if self._speech is None:
+            self._speech = ray.get_actor(speech_actor_name(self.replica_rank))
+        return self._speech
+
+    async def _tee(self, weights: Any, sent: list[Any]) -> AsyncIterator[tuple[str, torch.Tensor]]:
+        """Yield ``weights`` unchanged; CPU copies go to the speech server (refs appended to ``sent``)."""
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        async for name, tensor in ensure_async_iterator(weights):
+            copy = tensor.detach().to("cpu", copy=True)
+            bucket.append((name, copy))
+            size += copy.numel() * copy.element_size()
+            if size >= self.bucket_bytes:
+                sent.append(self._speech_server().update_weights.remote(bucket))  # serialized now: order kept
+                bucket, size = [], 0
+            yield name, tensor
+        if bucket:
+            sent.append(self._speech_server().update_weights.remote(bucket))
+
+    async def update_weights(self, weights: Any, global_steps: int | None = None,
+                             wire_format: str = "named_tensors", **kwargs: Any) -> None:  # fmt: skip
+        if self.speaks and wire_format != "named_tensors":
+            raise NotImplementedError(f"speech beside vLLM takes full-tensor weight updates (named_tensors), not "
+                                      f"{wire_format!r}: the speech server would keep stale weights")
+        if not (self.speaks and self._has_server):
+            return await super().update_weights(weights, global_steps=global_steps, wire_format=wire_format, **kwargs)
+        sent: list[Any] = []
+        await super().update_weights(self._tee(weights, sent), global_steps=global_steps, wire_format=wire_format,
+                                     **kwargs)  # fmt: skip
+        loaded = sum(await asyncio.gather(*sent))
+        if loaded == 0:
+            raise RuntimeError(f"{speech_actor_name(self.replica_rank)}: the weight update held no thinker tensor; "
+                               "check the weight names")
+        await self._speech_server().finish_weight_update.remote(global_steps)
