@@ -1,13 +1,15 @@
-"""GRPO with speech out: the tiny preset with OUTPUT_MODALITY=audio through real Ray + FSDP2 and the `hf` rollout.
+"""GRPO with speech out: the tiny preset with OUTPUT_MODALITY=audio through real Ray + FSDP2.
 
 The rollout speaks every response with the tiny Omni's talker and token2wav; the rewards read the waveform
 (``audio_length`` from its VAD), the trainer logs ``speech/*`` and ``timing_s/speech`` and validation writes
-wav + txt samples. A second run trains on one parquet mixing audio->text, text->audio and audio->audio rows.
-Several minutes each on 2 shared cores: marked slow.
+wav + txt samples. The `hf` run is in the default suite (a few minutes on 2 cores); the same run with the
+`vllm` rollout (speech servers beside vLLM) and a run on one parquet mixing audio->text, text->audio and
+audio->audio rows are marked slow.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -20,8 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "soundmind_alr.sh"
 TIMEOUT_S = 1500
+VLLM = importlib.util.find_spec("vllm") is not None
 
-pytestmark = pytest.mark.slow
 
 
 def run_recipe(outputs: Path, experiment: str, env_extra: dict[str, str], *overrides: str) -> Path:
@@ -38,11 +40,16 @@ def training_lines(metrics: Path) -> dict[int, dict]:
     return {rec["step"]: rec["data"] for rec in lines if "training/global_step" in rec["data"]}
 
 
-@pytest.fixture(scope="module")
-def speech_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return run_recipe(tmp_path_factory.mktemp("speech_e2e"), "speech", {"OUTPUT_MODALITY": "audio"},
-                      "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2",
-                      "verl_audio.export=false")  # fmt: skip
+#: the vllm run starts vLLM's engine and a speech server per replica beside two FSDP workers: slow
+ROLLOUTS = ["hf", pytest.param("vllm", marks=[pytest.mark.slow, pytest.mark.skipif(
+    not VLLM, reason="vLLM is not installed (scripts/setup_env.sh with VLLM=none)")])]
+
+
+@pytest.fixture(scope="module", params=ROLLOUTS)
+def speech_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_recipe(tmp_path_factory.mktemp("speech_e2e"), "speech", {"OUTPUT_MODALITY": "audio",
+                      "ROLLOUT": request.param}, "trainer.total_training_steps=2", "trainer.test_freq=2",
+                      "trainer.save_freq=2", "verl_audio.export=false")  # fmt: skip
 
 
 def test_two_steps_speak_and_score_the_speech(speech_run: Path) -> None:
@@ -82,6 +89,7 @@ def mixed_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_a_mixed_parquet_trains_each_row_scored_by_its_mode(mixed_data: Path, tmp_path: Path) -> None:
     run = run_recipe(tmp_path, "mixed", {"OUTPUT_MODALITY": "audio"},
                      f"data.train_files={mixed_data / 'train.parquet'}", f"data.val_files={mixed_data / 'dev.parquet'}",
