@@ -62,7 +62,13 @@ class _Tokenizer:
 
 
 def test_response_audio_reaches_extra_info_through_the_naive_reward_manager() -> None:
+    """verl's half of the speech path: a rollout extra field named as ``SpeakingAgentLoop`` writes it reaches
+    ``extra_info``. The rollout's half (speech made and scored in real GRPO steps) is
+    ``tests/test_speech_e2e_on_cpu.py``; the waveform here is a voiced stand-in, since the tiny talker is silent."""
     from verl import DataProto
+
+    from verl_audio.speech.agent_loop import RESPONSE_AUDIO
+
     from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
     rate = 16000
@@ -70,7 +76,7 @@ def test_response_audio_reaches_extra_info_through_the_naive_reward_manager() ->
     wave = (0.3 * np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
     info = {"output_modality": "audio", "ref_text_words": 4, "ref_audio_seconds": 6.0}
     # the rollout's per-response extra fields; verl merges them into extra_info before scoring
-    rollout_fields = {"response_audio": {"array": wave, "sampling_rate": rate}}
+    rollout_fields = {RESPONSE_AUDIO: {"array": wave, "sampling_rate": rate}}
     data = DataProto.from_dict(
         tensors={
             "prompts": torch.ones(1, 2, dtype=torch.long),

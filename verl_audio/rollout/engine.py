@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from verl_audio.content_cache import LRUCache
-from verl_audio.rollout.features import ClipFeatures
+from verl_audio.rollout.features import ClipFeatures, encode_clips
 from verl_audio.rollout.sampling import BatchSampler, SamplingSpec, sample_step
 
 logger = logging.getLogger(__name__)
@@ -180,15 +180,7 @@ class OmniGenerator:
                 known[c.key] = emb
         if pending:
             todo = list(pending.values())
-            frames = max(c.frames for c in todo)
-            feats = torch.zeros(len(todo), todo[0].features.shape[0], frames)
-            mask = torch.zeros(len(todo), frames, dtype=torch.long)
-            for i, c in enumerate(todo):
-                feats[i, :, : c.frames] = c.features
-                mask[i, : c.frames] = 1
-            out = self.model.get_audio_features(
-                feats.to(self.device, self.model.dtype), mask.to(self.device), return_dict=True
-            ).last_hidden_state
+            out = encode_clips(self.model, todo, self.device)
             for c, emb in zip(todo, out.split([c.tokens for c in todo]), strict=True):
                 known[c.key] = emb
                 self.embed_cache.put(c.key, emb.clone())  # a view would pin the whole batch output

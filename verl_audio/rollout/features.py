@@ -44,6 +44,18 @@ class ClipFeatures:
         return audio_placeholder_count(self.frames)
 
 
+def encode_clips(model: Any, clips: Sequence[ClipFeatures], device: Any) -> torch.Tensor:
+    """The audio encoder of ``model`` (a thinker) over ``clips`` as one zero-padded batch; the outputs of
+    all clips concatenated, ``sum(c.tokens)`` rows (the encoder keeps only the frames the mask marks)."""
+    frames = max(c.frames for c in clips)
+    feats = torch.zeros(len(clips), clips[0].features.shape[0], frames)
+    mask = torch.zeros(len(clips), frames, dtype=torch.long)
+    for i, c in enumerate(clips):
+        feats[i, :, : c.frames] = c.features
+        mask[i, : c.frames] = 1
+    return model.get_audio_features(feats.to(device, model.dtype), mask.to(device), return_dict=True).last_hidden_state
+
+
 class AudioFeaturizer:
     """Computes (or recalls) each clip's features with the checkpoint's Whisper feature extractor."""
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from verl_audio.rollout.features import ClipFeatures
+from verl_audio.rollout.features import ClipFeatures, encode_clips
 from verl_audio.speech.config import SAMPLING_RATE, SpeechOptions
 from verl_audio.speech.talker import NON_THINKER, SpeechModules
 
@@ -134,17 +134,7 @@ class SpeechStage:
         return [int(t) for t in response_ids]
 
     def _audio_embeddings(self, clips: list[ClipFeatures]) -> torch.Tensor:
-        frames = max(c.frames for c in clips)
-        feats = torch.zeros(len(clips), clips[0].features.shape[0], frames)
-        mask = torch.zeros(len(clips), frames, dtype=torch.long)
-        for i, c in enumerate(clips):
-            feats[i, :, : c.frames] = c.features
-            mask[i, : c.frames] = 1
-        dev = self.device
-        out = self.thinker.get_audio_features(
-            feats.to(dev, self.thinker.dtype), mask.to(dev), return_dict=True
-        ).last_hidden_state
-        return out
+        return encode_clips(self.thinker, clips, self.device)
 
     @torch.no_grad()
     def thinker_states(self, requests: list[SpeechRequest]) -> ThinkerStates:
