@@ -45,9 +45,9 @@ print(json.dumps(runtime_env))
 EOF
 )
 RECIPE=${RECIPE:-recipes/soundmind_alr.sh}
-ENTRY="bash $RECIPE$(printf ' %q' "$@")"
-echo "submit.sh: job $ID on $RAY_ADDRESS: $ENTRY (outputs under $OUTPUTS)"
+ENTRY=(bash "$RECIPE" "$@")  # separate words: ray job submit quotes each one (shlex.join)
+echo "submit.sh: job $ID on $RAY_ADDRESS: ${ENTRY[*]} (outputs under $OUTPUTS)"
 echo "submit.sh: follow: $RAY job logs --follow $ID | status: $RAY job status $ID | stop: $RAY job stop $ID"
 ARGS=(job submit --submission-id "$ID" --runtime-env-json "$RUNTIME_ENV")
 [[ "${NO_WAIT:-0}" == 1 ]] && ARGS+=(--no-wait)
-exec "$RAY" "${ARGS[@]}" -- "$ENTRY"
+exec "$RAY" "${ARGS[@]}" -- "${ENTRY[@]}"

@@ -15,7 +15,6 @@ Each prints its wall time. Minutes on 2 cores: marked slow.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -44,28 +43,30 @@ def head(tmp_path_factory: pytest.TempPathFactory):
         nodes.stop()
 
 
-def submit(nodes: RayNodes, experiment: str, *overrides: str) -> tuple[str, str, float]:
-    """Submit the tiny preset with ``recipes/submit.sh``; wait for the end; (status, logs, seconds)."""
+def submit(nodes: RayNodes, experiment: str, *overrides: str, job: str | None = None) -> tuple[str, str, float]:
+    """Submit the tiny preset with ``recipes/submit.sh`` as job ``test_<job or experiment>``; wait for the end;
+    (status, logs, seconds)."""
+    sid = f"test_{job or experiment}"
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     env = {**nodes.env, "RAY_ADDRESS": nodes.dashboard, "OUTPUTS": str(nodes.outputs), "PRESET": "tiny",
-           "EXPERIMENT": experiment, "CLUSTER_PYTHON": sys.executable, "SUBMISSION_ID": f"test_{experiment}",
+           "EXPERIMENT": experiment, "CLUSTER_PYTHON": sys.executable, "SUBMISSION_ID": sid,
            "NO_WAIT": "1"}
     start = time.monotonic()
     result = subprocess.run(["bash", str(SUBMIT), *STEPS, *overrides], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    os.environ.update({k: nodes.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
-    client = JobSubmissionClient(nodes.dashboard)
+    # the token as an explicit header: this process read Ray's auth settings when it first imported ray
+    client = JobSubmissionClient(nodes.dashboard, headers={"Authorization": f"Bearer {nodes.env['RAY_AUTH_TOKEN']}"})
     while True:
-        status = client.get_job_status(f"test_{experiment}")
+        status = client.get_job_status(sid)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
         assert time.monotonic() - start < JOB_TIMEOUT_S, f"job still {status} after {JOB_TIMEOUT_S} s"
         time.sleep(2)
     seconds = time.monotonic() - start
     print(f"\njob {experiment}: {status.value} in {seconds:.1f} s (submit to end)")
-    return status.value, client.get_job_logs(f"test_{experiment}"), seconds
+    return status.value, client.get_job_logs(sid), seconds
 
 
 def training_steps(run: Path) -> list[int]:
@@ -105,7 +106,7 @@ def test_3_a_node_without_the_data_fails_fast_naming_node_and_path(head: RayNode
     if wrap is None:
         pytest.skip("no mount namespaces here (unshare -m): cannot give one node a storage without the data")
     head.add_node(num_cpus=2, num_gpus=0, name="blind", wrap=wrap)
-    status, logs, seconds = submit(head, "two_nodes", "trainer.nnodes=2")
+    status, logs, seconds = submit(head, "two_nodes", "trainer.nnodes=2", job="blind_node")
     assert status == "FAILED", logs[-6000:]
     assert "(blind) id " in logs
     assert f"data.train_files: {data / 'train.parquet'} does not exist" in logs

@@ -2,7 +2,8 @@
 
 The full run (60 steps, about 15 minutes on 2 cores) is what README reports; this keeps the command that
 produces it working: data, tiny model, verl's trainer on CPU with the `hf` rollout and the tone reward,
-checkpoint, export and the eval report. About 1.5 minutes on 2 cores.
+checkpoint, export and the eval report. About 1.5 minutes on 2 idle cores, more in CI: marked slow (the
+tiny preset's own end-to-end tests cover the trainer in the default run).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "hear_tones" / "train.sh"
+
+pytestmark = pytest.mark.slow
 
 
 def train(outputs: Path) -> subprocess.CompletedProcess:
