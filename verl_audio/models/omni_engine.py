@@ -23,7 +23,9 @@ Padding removal (``model.use_remove_padding``, verl's default True) is supported
 has no attention mask and the thinker separates sequences by the restarts of the text-position row
 of verl's ``(4, L)`` position ids (sdpa/eager: transformers' packed-sequence mask, checked against
 an unpadded forward in the tests; flash attention: varlen from the same position ids, not yet run in
-the tests). Unsupported combinations are rejected when the engine is built.
+the tests). Unsupported combinations are rejected when the engine is built. verl packs those position
+ids wrongly when every sequence of a batch has the same length; ``patches.patch_packed_position_ids``
+(patch 12) fixes the packing before the batch reaches the engine.
 
 A frozen audio encoder runs once per clip per worker process: its outputs are cached by clip content
 (``model.audio_encoder_cache_size`` clips, LRU, host memory) and reused by old log-prob, reference and
