@@ -3,6 +3,9 @@ the `hf` rollout), read from metrics.jsonl, and the training metrics with and wi
 
 Two prompts, n = 4, no shuffling and no batch balancing, so each of the 2 workers holds the 4 copies of one
 prompt in every phase, and step 2 sees step 1's clips again. About 1.5 minutes per run on 2 idle cores.
+The comparison (slow) holds what the data decide equal and the rest to fp32 rounding: the actor's
+log-probs move by rounding between the runs (the cache encodes each clip alone, the uncached encoder runs
+the copies of a micro-batch together), and the ppl, KL and gradient norm built on them follow.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ OVERRIDES = ("trainer.total_training_steps=2", "trainer.test_freq=-1", "trainer.
 PROMPTS, N = 2, 4
 #: metrics that measure time or memory, or the encoder work itself: expected to differ between the runs
 VOLATILE = ("timing_s/", "timing_per_token_ms/", "perf/", "audio_encoder/", "time/")
-TRAINING_TOL = 1e-6
+#: what the data decide (rewards, scores, lengths): equal to the last bit with and without the cache
+EXACT = ("critic/score/", "critic/rewards/", "response_length/", "prompt_length/", "reward/")
+#: the actor-vs-rollout gaps (rollout_corr/*, training/rollout_probs_diff_*) are rounding noise themselves:
+#: they move by fp32 rounding of the actor's log-probs (measured: at most 1.8e-6)
+GAP_KEYS = ("rollout_corr/", "training/rollout_probs_diff")
+GAP_TOL = 1e-5
+#: metrics built on those log-probs (ppl, KL, gradient norm; step 2 also runs weights moved by them):
+#: measured up to 1.4e-4 relative (grad norm, step 2), not within 1e-6; see README "Audio-encoder cache"
+DERIVED_RTOL = 1e-3
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, name: str, *extra: str) -> dict[int, dict]:
@@ -64,12 +75,18 @@ def test_training_metrics_are_unchanged_by_the_cache(cached: dict[int, dict],
     for step in (1, 2):
         compared = 0
         for key, value in cached[step].items():
-            if key.startswith(VOLATILE) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            volatile = key.startswith(VOLATILE) or "/perf/" in key  # actor/perf/*: memory
+            if volatile or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             other = uncached[step][key]
             if not (math.isfinite(value) and math.isfinite(other)):
                 assert str(value) == str(other), key
                 continue
-            assert abs(value - other) <= TRAINING_TOL, (step, key, value, other)
+            if key.startswith(EXACT):
+                assert value == other, (step, key, value, other)
+            elif key.startswith(GAP_KEYS):
+                assert abs(value - other) <= GAP_TOL, (step, key, value, other)
+            else:
+                assert abs(value - other) <= 1e-6 + DERIVED_RTOL * abs(other), (step, key, value, other)
             compared += 1
         assert compared > 20 and "actor/pg_loss" in cached[step] and "critic/score/mean" in cached[step]
