@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from test_rl_dataset import StubAudioProcessor, _config, _dataset, tokenizer  # noqa: F401  (fixture)
+from test_rl_dataset import _config, _dataset, omni  # noqa: F401  (fixture: the tiny Omni's processor)
 from verl_audio.data.alr import PrepError, prepare_alr
 from verl_audio.data.alr_rows import SCHEMA
 from verl_audio.data.audio import AudioError
@@ -177,12 +177,12 @@ def _parquet_of_every_kind(src: Path, secret: Path, out: Path) -> Path:
 DATASET_BAD = {**{k: e for k, e in EXPECTED.items() if _bad(e)}, "dotdot_outside": r"points outside"}
 
 
-def test_dataset_uses_or_reports_each_kind(release, tmp_path, tokenizer, monkeypatch):  # noqa: F811
+def test_dataset_uses_or_reports_each_kind(release, tmp_path, omni, monkeypatch):  # noqa: F811
     src, secret = release
     monkeypatch.setenv("VERL_AUDIO_REPORT_DIR", str(tmp_path / "run"))
     parquet = _parquet_of_every_kind(src, secret, tmp_path / "data")
     config = _config(tmp_path, max_prompt_length=10000)
-    ds = _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer))
+    ds = _dataset(parquet, omni.tokenizer, config, omni)
     reported = {r["id"]: r for r in ds.bad_rows}
     assert set(reported) == set(DATASET_BAD)
     for kind, pattern in DATASET_BAD.items():
@@ -211,17 +211,17 @@ def test_dataset_uses_or_reports_each_kind(release, tmp_path, tokenizer, monkeyp
     assert OUTSIDE_OPENED == []
 
 
-def test_dataset_flags_rejected_on_request_and_error_lists_every_row(release, tmp_path, tokenizer, monkeypatch):  # noqa: F811
+def test_dataset_flags_rejected_on_request_and_error_lists_every_row(release, tmp_path, omni, monkeypatch):  # noqa: F811
     src, secret = release
     parquet = _parquet_of_every_kind(src, secret, tmp_path / "data")
     config = _config(tmp_path, max_prompt_length=10000)
     monkeypatch.setenv("VERL_AUDIO_REJECT_FLAGGED", "1")
-    ds = _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer))
+    ds = _dataset(parquet, omni.tokenizer, config, omni)
     assert {r["id"] for r in ds.bad_rows} == set(DATASET_BAD) | {"clipping_float", "silence", "long_180s"}
     monkeypatch.setenv("VERL_AUDIO_REJECT_FLAGGED", "0")
     monkeypatch.setenv("VERL_AUDIO_ON_BAD_AUDIO", "error")
     with pytest.raises(BadAudioRows) as info:
-        _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer))
+        _dataset(parquet, omni.tokenizer, config, omni)
     assert {r["id"] for r in info.value.rows} == set(DATASET_BAD)
     assert all(f"id={kind}" in str(info.value) for kind in DATASET_BAD)
     assert OUTSIDE_OPENED == []

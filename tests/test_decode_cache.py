@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from test_rl_dataset import SECONDS, StubAudioProcessor, _config, _dataset, _prepare, release, tokenizer  # noqa: F401
+from test_rl_dataset import SECONDS, _config, _dataset, _prepare, omni, release  # noqa: F401
 from verl_audio.data.audio import AudioError
 from verl_audio.data.decode_cache import DecodeCache
 
@@ -64,18 +64,18 @@ def test_capacity_is_in_bytes(tmp_path: Path) -> None:
     assert cache.take_decodes() == 1
 
 
-def test_length_cache_notices_a_file_changed_after_a_first_build(release, tmp_path, tokenizer, monkeypatch):  # noqa: F811
+def test_length_cache_notices_a_file_changed_after_a_first_build(release, tmp_path, omni, monkeypatch):  # noqa: F811
     parquet = _prepare(release, tmp_path / "out", "audio")
     config = _config(tmp_path)
-    assert _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer)).bad_rows == []
+    assert _dataset(parquet, omni.tokenizer, config, omni).bad_rows == []
     q = release / "dev" / "0002" / "question.wav"
     q.write_bytes(q.read_bytes()[:2000])  # truncated after one good construction (same cache_dir)
-    ds = _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer))
+    ds = _dataset(parquet, omni.tokenizer, config, omni)
     assert [(r["id"], r["kind"]) for r in ds.bad_rows] == [("0002", "truncated")]
     sf.write(q, _tone(0.5, 24000), 24000)  # valid audio, but not what was prepared (2 s)
     stat = os.stat(q)
     os.utime(q, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    ds = _dataset(parquet, tokenizer, config, StubAudioProcessor(tokenizer))
+    ds = _dataset(parquet, omni.tokenizer, config, omni)
     ((row,),) = [ds.bad_rows]
     assert row["kind"] == "duration mismatch" and "decodes to 0.50 s but the parquet records 2.00 s" in row["reason"]
     assert SECONDS["0002"] == 2.0
