@@ -154,9 +154,11 @@ def test_bad_input_is_counted_and_listed(tiny: Path, backend: HFBackend, demo: d
     assert not reasons.get("mmau:ok", "").startswith("bad")
 
 
+@pytest.mark.slow
 def test_vllm_backend_answers_as_the_hf_backend(demo: dict[str, Path], tmp_path: Path) -> None:
     """``--backend vllm`` (offline vLLM, vLLM's CPU build here) on the demo rows, text and audio in: the same
-    greedy responses as ``--backend hf`` on the same checkpoint."""
+    greedy responses as ``--backend hf`` on the same checkpoint. vLLM's engine start takes minutes on 2 cores;
+    the default run covers vLLM through the rollout (tests/test_vllm_rollout.py)."""
     pytest.importorskip("vllm", reason="vLLM is not installed (scripts/setup_env.sh with VLLM=none)")
     from verl_audio.models.tiny import build_tiny_omni
 
