@@ -50,6 +50,7 @@ def _counts(step: dict, counter: str) -> dict[str, float]:
     return {phase: step[f"audio_encoder/{counter}/{phase}"] for phase in ("old_log_prob", "ref", "update", "step")}
 
 
+@pytest.mark.slow  # a recipe run (about 4.5 min in the default suite); the engine-level counts stay there
 def test_each_clip_is_encoded_once_in_a_step_and_never_again(cached: dict[int, dict]) -> None:
     assert sorted(cached) == [1, 2]
     samples = PROMPTS * N
