@@ -2,15 +2,14 @@
 the `hf` rollout), read from metrics.jsonl, and the training metrics with and without the cache.
 
 Two prompts, n = 4, no shuffling and no batch balancing, so each of the 2 workers holds the 4 copies of one
-prompt in every phase, and step 2 sees step 1's clips again. About 1.5 minutes per run on 2 idle cores.
-The comparison (slow) holds what the data decide equal and the rest to fp32 rounding: the actor's
-log-probs move by rounding between the runs (the cache encodes each clip alone, the uncached encoder runs
-the copies of a micro-batch together), and the ppl, KL and gradient norm built on them follow.
+prompt in every phase, and step 2 sees step 1's clips again. About 5.5 minutes per run on 2 idle cores.
+The rollout samples from the top token only (``top_k=1``): a sampled `hf` rollout draws each batch from
+one generator per server, so which requests share a batch (arrival timing) moves its tokens between two
+runs of the same command, with or without the cache (measured: gradient norm 3.6e-4 apart, step 1).
+With that fixed, every metric that does not measure time, memory or the encoder work is the same bits.
 """
 
 from __future__ import annotations
-
-import math
 
 import pytest
 from test_trainer_e2e_on_cpu import EXPERIMENT, run_recipe, training_lines  # tests/ is on sys.path
@@ -19,19 +18,12 @@ OVERRIDES = ("trainer.total_training_steps=2", "trainer.test_freq=-1", "trainer.
              "verl_audio.export=false", "verl_audio.plot=false", "actor_rollout_ref.rollout.n=4",
              "data.train_max_samples=2", "data.shuffle=false", "trainer.balance_batch=false",
              # a gradient for the random model (no rule reward is ever earned): step 2 runs moved weights
-             "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.calculate_entropy=true")
+             "actor_rollout_ref.actor.entropy_coeff=0.01", "actor_rollout_ref.actor.calculate_entropy=true",
+             # a rollout that two runs repeat token for token (see the module doc)
+             "actor_rollout_ref.rollout.top_k=1")
 PROMPTS, N = 2, 4
 #: metrics that measure time or memory, or the encoder work itself: expected to differ between the runs
 VOLATILE = ("timing_s/", "timing_per_token_ms/", "perf/", "audio_encoder/", "time/")
-#: what the data decide (rewards, scores, lengths): equal to the last bit with and without the cache
-EXACT = ("critic/score/", "critic/rewards/", "response_length/", "prompt_length/", "reward/")
-#: the actor-vs-rollout gaps (rollout_corr/*, training/rollout_probs_diff_*) are rounding noise themselves:
-#: they move by fp32 rounding of the actor's log-probs (measured: at most 1.8e-6)
-GAP_KEYS = ("rollout_corr/", "training/rollout_probs_diff")
-GAP_TOL = 1e-5
-#: metrics built on those log-probs (ppl, KL, gradient norm; step 2 also runs weights moved by them):
-#: measured up to 1.4e-4 relative (grad norm, step 2), not within 1e-6; see README "Audio-encoder cache"
-DERIVED_RTOL = 1e-3
 
 
 def _run(tmp_path_factory: pytest.TempPathFactory, name: str, *extra: str) -> dict[int, dict]:
@@ -63,6 +55,8 @@ def test_each_clip_is_encoded_once_in_a_step_and_never_again(cached: dict[int, d
     assert _counts(cached[2], "passes") == {"old_log_prob": 0, "ref": 0, "update": 0, "step": 0}
     assert _counts(cached[2], "cache_hits")["step"] == 3 * samples
     assert cached[1]["audio_encoder/seconds/old_log_prob"] > 0 and cached[2]["audio_encoder/seconds/step"] == 0
+    # the agent-loop workers decode each clip once for its n copies, and not again on step 2 (same file version)
+    assert cached[1]["audio/clip_decodes"] == PROMPTS and cached[2]["audio/clip_decodes"] == 0
 
 
 @pytest.mark.slow
@@ -79,15 +73,6 @@ def test_training_metrics_are_unchanged_by_the_cache(cached: dict[int, dict],
             volatile = key.startswith(VOLATILE) or "/perf/" in key  # actor/perf/*: memory
             if volatile or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            other = uncached[step][key]
-            if not (math.isfinite(value) and math.isfinite(other)):
-                assert str(value) == str(other), key
-                continue
-            if key.startswith(EXACT):
-                assert value == other, (step, key, value, other)
-            elif key.startswith(GAP_KEYS):
-                assert abs(value - other) <= GAP_TOL, (step, key, value, other)
-            else:
-                assert abs(value - other) <= 1e-6 + DERIVED_RTOL * abs(other), (step, key, value, other)
+            assert str(value) == str(uncached[step][key]), (step, key, value, uncached[step][key])  # nan == nan
             compared += 1
-        assert compared > 20 and "actor/pg_loss" in cached[step] and "critic/score/mean" in cached[step]
+        assert compared > 20 and "actor/pg_loss" in cached[step] and "actor/grad_norm" in cached[step]
