@@ -11,6 +11,7 @@
 #   IMAGE           a container image the job runs in (runtime env `image_uri`; default: none)
 #   SUBMISSION_ID   the job id (default verl_audio_<experiment>_<date>)
 #   NO_WAIT=1       return after submitting (then: ray job logs --follow / status / stop <id>)
+#   AGENT_WAIT_S    how long to keep resubmitting while a just-started head has no job agent yet (default 120)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${RAY:-}" ]]; then RAY=ray; [[ -x .venv/bin/ray ]] && RAY=.venv/bin/ray; fi
@@ -24,6 +25,7 @@ if [[ "${RAY_AUTH_MODE:-}" != token ]]; then
   echo "           export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<the head's token> (docs/cluster.md)" >&2
 fi
 EXP=${EXPERIMENT:-}
+AGENT_WAIT_S=${AGENT_WAIT_S:-120}
 ID=${SUBMISSION_ID:-verl_audio_${EXP:-${PRESET:-run}}_$(date +%Y%m%d_%H%M%S)}
 
 RUNTIME_ENV=$(OUTPUTS="$OUTPUTS" "$PY" - <<'EOF'
@@ -50,4 +52,15 @@ echo "submit.sh: job $ID on $RAY_ADDRESS: ${ENTRY[*]} (outputs under $OUTPUTS)"
 echo "submit.sh: follow: $RAY job logs --follow $ID | status: $RAY job status $ID | stop: $RAY job stop $ID"
 ARGS=(job submit --submission-id "$ID" --runtime-env-json "$RUNTIME_ENV")
 [[ "${NO_WAIT:-0}" == 1 ]] && ARGS+=(--no-wait)
-exec "$RAY" "${ARGS[@]}" -- "${ENTRY[@]}"
+# A head that has just started accepts connections before its node's job agent is up, and refuses a
+# submission with "No available agent to submit job" meanwhile: retry that refusal (only that one).
+LOG=$(mktemp); trap 'rm -f "$LOG"' EXIT
+for (( attempt = 1; ; attempt++ )); do
+  set +e; "$RAY" "${ARGS[@]}" -- "${ENTRY[@]}" 2>&1 | tee "$LOG"; rc=${PIPESTATUS[0]}; set -e
+  if (( rc != 0 )) && grep -q "No available agent to submit job" "$LOG" && (( attempt < AGENT_WAIT_S / 2 )); then
+    echo "submit.sh: the head's job agent is not up yet; submitting again in 2 s (attempt $attempt)" >&2
+    sleep 2
+    continue
+  fi
+  exit "$rc"
+done

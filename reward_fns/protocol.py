@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from verl_audio.modality import row_modality
+
 REF_TEXT_WORDS = "ref_text_words"
 REF_AUDIO_SECONDS = "ref_audio_seconds"
-OUTPUT_MODALITY = "output_modality"
-INPUT_MODALITY = "input_modality"
 RESPONSE_AUDIO = "response_audio"
-MODALITIES = ("text", "audio")
 #: ALR modes (``<input>_to_<output>``) and their labels, in the order of the paper's table
 MODE_LABELS = {
     "audio_to_text": "audio→text",
@@ -30,19 +29,13 @@ MODE_LABELS = {
 
 
 def output_modality(extra_info: Mapping[str, Any] | None) -> str:
-    """'text' or 'audio' from extra_info (missing means text); any other value raises ValueError."""
-    value = (extra_info or {}).get(OUTPUT_MODALITY) or "text"
-    if value not in MODALITIES:
-        raise ValueError(f"extra_info[{OUTPUT_MODALITY!r}] must be one of {MODALITIES}, got {value!r}")
-    return value
+    """'text' or 'audio' from extra_info (``verl_audio.modality.row_modality``: missing means text)."""
+    return row_modality(extra_info).output
 
 
 def mode_of(extra_info: Mapping[str, Any] | None) -> str | None:
     """``<input>_to_<output>`` (e.g. ``audio_to_text``) from extra_info, or None without an input modality."""
-    source = (extra_info or {}).get(INPUT_MODALITY)
-    if not source:
-        return None
-    return f"{source}_to_{output_modality(extra_info)}"
+    return row_modality(extra_info).mode
 
 
 def reference_amount(value: object) -> float | None:

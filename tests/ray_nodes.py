@@ -16,7 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -62,7 +65,10 @@ class RayNodes:
                 if attempt == attempts - 1:
                     raise
 
-    def _start_once(self, args: list[str], wrap: list[str] | None, timeout: float = 180) -> None:
+    def _start_once(self, args: list[str], wrap: list[str] | None, timeout: float = 180,
+                    ready: Callable[[str], bool] | None = None) -> None:
+        """Start a node and wait until ``ready(log text)`` (default: Ray says its runtime started)."""
+        ready = ready or (lambda text: STARTED in text)
         log = Path(self.temp_dir) / f"node{len(self.procs)}.log"
         cmd = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
                "--object-store-memory=150000000", *self._ports(), *args]
@@ -73,7 +79,7 @@ class RayNodes:
         self.procs.append(proc)
         self.logs.append(log)
         deadline = time.monotonic() + timeout
-        while STARTED not in log.read_text():
+        while not ready(log.read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 text = log.read_text()[-4000:]
                 self._stop_one(self.procs.pop())
@@ -83,16 +89,34 @@ class RayNodes:
 
     def start_head(self, num_cpus: int, num_gpus: int = 0, dashboard: bool = False, name: str = "head") -> str:
         """Start the head; return its GCS address (host:port)."""
+        self._start(self._head_args(num_cpus, num_gpus, dashboard, name))
+        # the head's own record of its address (its IP as Ray detected it)
+        self.address = (Path(self.temp_dir) / "ray_current_cluster").read_text().strip()
+        return self.address
+
+    def start_head_until_jobs_answer(self, num_cpus: int, timeout: float = 180) -> None:
+        """Start a head with a dashboard and return as soon as its job server answers HTTP, which is before
+        the node's job agent is up (what a script meets right after ``ray start --head``)."""
+        args = self._head_args(num_cpus, 0, True, "head")
+
+        def answers(_: str) -> bool:
+            try:
+                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=1)
+            except urllib.error.HTTPError:
+                return True  # it answered (e.g. 401 without a token)
+            except OSError:
+                return False
+            return True
+
+        self._start_once(args, None, timeout, ready=answers)
+
+    def _head_args(self, num_cpus: int, num_gpus: int, dashboard: bool, name: str) -> list[str]:
         port, dash = free_port(), free_port()
-        args = ["--head", f"--port={port}", f"--dashboard-port={dash}",
+        self.dashboard = f"http://127.0.0.1:{dash}"
+        return ["--head", f"--port={port}", f"--dashboard-port={dash}",
                 f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp_dir}",
                 f"--num-cpus={num_cpus}", f"--num-gpus={num_gpus}", f"--node-name={name}",
                 f"--include-dashboard={'true' if dashboard else 'false'}"]
-        self._start(args)
-        # the head's own record of its address (its IP as Ray detected it)
-        self.address = (Path(self.temp_dir) / "ray_current_cluster").read_text().strip()
-        self.dashboard = f"http://127.0.0.1:{dash}"
-        return self.address
 
     def add_node(self, num_cpus: int, num_gpus: int = 0, name: str = "worker", wrap: list[str] | None = None) -> None:
         """Join a worker node (``ray start --address``), optionally started through ``wrap``."""

@@ -59,6 +59,24 @@ def test_trim_while_the_logger_holds_the_file_open(tmp_path: Path) -> None:
     assert [r["step"] for r in metrics_log.read_lines(path)] == [1, 2]
 
 
+def test_trim_drops_a_last_line_cut_short_by_a_kill(tmp_path: Path) -> None:
+    """A run killed while verl's logger writes leaves half a line at the end; the resumed run drops it."""
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [1, 2])
+    with open(path, "ab") as handle:
+        handle.write(b'{"step": 3, "data": {"training/glo')
+    assert metrics_log.trim_after(path, 2) == 1
+    assert [r["step"] for r in metrics_log.read_lines(path)] == [1, 2]
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_trim_refuses_a_bad_line_before_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "data": {}}\nnot json\n{"step": 2, "data": {}}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        metrics_log.trim_after(path, 2)
+
+
 def test_malformed_line_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "data": {}}\nnot json\n')

@@ -2,7 +2,7 @@
 
 Every entry of ``verl_audio.upstream.REQUIRED`` is one test case named after the symbol; a failure
 says what changed. When one fails after an upgrade, revisit the code that uses the symbol, update
-the entry, then move the pin (``setup.py``, ``verl_audio.patches.VERL_VERSION``) deliberately.
+the entry, then move the pin (``setup.py``, ``verl_audio.upstream.SUPPORTED_RELEASES``) deliberately.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import logging
 import types
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -30,10 +29,13 @@ def test_upstream_symbol(entry: upstream.Requirement) -> None:
     assert not found, f"{HINT}: " + "; ".join(found)
 
 
-def test_verl_is_the_pinned_release() -> None:
-    installed = version("verl")
-    assert installed == patches.VERL_VERSION, (
-        f"verl {installed} installed, patches written for {patches.VERL_VERSION}: they are skipped on other releases"
+@pytest.mark.parametrize("package", ["verl", "transformers", "vllm"])
+def test_installed_releases_are_the_supported_ones(package: str) -> None:
+    if package == "vllm" and upstream.installed_release("vllm") is None:
+        pytest.skip("vLLM is not installed")
+    assert upstream.release_supported(package), (
+        f"{package} {upstream.installed_release(package)} installed, patches written for "
+        f"{upstream.SUPPORTED_RELEASES[package]}: correctness patches refuse to run on other releases"
     )
 
 

@@ -214,6 +214,53 @@ def test_speech_beside_vllm_equals_the_stage_on_the_same_weights(replica, ckpts,
     np.testing.assert_allclose(remote["array"], here["array"], atol=1e-6, rtol=0)
 
 
+def test_requests_leave_no_per_request_record_behind(replica, processor, loop) -> None:
+    """Text-only and audio requests alike: the server keeps no entry once a request returned."""
+    ids, _ = _prompt(processor, "plain text", 1.0, 7)
+    text_only = [t for t in ids if t != processor.tokenizer.convert_tokens_to_ids(processor.audio_token)]
+    loop.run_until_complete(_gather(
+        replica.server_handle.generate.remote(prompt_ids=text_only, sampling_params=dict(GREEDY), request_id="text"),
+        _ask(replica.server_handle, _prompt(processor, "z", 1.0, 8), "with_audio", GREEDY)))
+    held = ray.get(replica.server_handle.__ray_call__.remote(
+        lambda server: (len(server.audio_tokens_used), len(server.audio_requests))))
+    assert held == (0, 0)
+
+
+@ray.remote(max_concurrency=64)
+class _SlowSpeechServer:
+    """Takes weight buckets slowly and counts how many are being loaded at once."""
+
+    def __init__(self) -> None:
+        self.active = self.peak = 0
+
+    async def update_weights(self, bucket: list) -> int:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.2)
+        self.active -= 1
+        return len(bucket)
+
+    def get_peak(self) -> int:
+        return self.peak
+
+
+def test_speech_weight_copies_in_flight_are_bounded(replica, loop) -> None:
+    """However fast the actor streams, at most MAX_BUCKETS_IN_FLIGHT buckets wait for the speech server."""
+    from verl_audio.rollout.vllm_adapter import MAX_BUCKETS_IN_FLIGHT
+
+    adapter = object.__new__(OmniVLLMServerAdapter)  # only what _tee reads: bucket size and the speech handle
+    adapter.bucket_bytes, adapter._speech = 1024, _SlowSpeechServer.remote()
+    weights = [(f"w{i}", torch.zeros(512)) for i in range(12)]  # 2 KB each: one bucket per tensor
+    loaded: list[int] = []
+
+    async def drain() -> list[str]:
+        return [name async for name, _ in adapter._tee(iter(weights), loaded)]
+
+    assert loop.run_until_complete(drain()) == [n for n, _ in weights]
+    assert sum(loaded) == 12 and len(loaded) == 12
+    assert ray.get(adapter._speech.get_peak.remote()) <= MAX_BUCKETS_IN_FLIGHT == 2
+
+
 def test_replica_control_calls(replica, processor, loop) -> None:
     for call in ("sleep", "wake_up", "clear_kv_cache", "abort_all_requests", "resume_generation"):
         loop.run_until_complete(getattr(replica, call)())

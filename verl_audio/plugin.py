@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: names of the registrations that completed in this process (read by tests and `verl_audio.info`)
 ACTIVE: list[str] = []
+#: True once every step below ran (read by ``verl_audio.plugin_state.require_plugin``)
+COMPLETE = False
 
 #: verl model roles whose stock FSDP engines are registered for the CPU platform
 CPU_ENGINE_ROLES = ("language_model", "value_model")
@@ -83,6 +85,7 @@ STEPS = [_register_cpu_platform, _apply_patches, _register_engines, _register_ro
 
 
 def _register_all() -> None:
+    global COMPLETE
     ACTIVE.append("verl_audio")
     with warnings.catch_warnings():
         # importing verl's engine package warns once for each optional backend it cannot import
@@ -94,6 +97,7 @@ def _register_all() -> None:
             except Exception:
                 logger.exception("verl-audio plugin: %s failed", step.__name__)
                 raise
+    COMPLETE = True
     logger.info("verl-audio plugin active: %s", ", ".join(ACTIVE))
 
 

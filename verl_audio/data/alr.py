@@ -27,6 +27,7 @@ from verl_audio.contract import ENTAILED, NOT_ENTAILED
 from verl_audio.data.alr_rows import SCHEMA, RowError, build_row, reasoning_label
 from verl_audio.data.alr_sources import SourceRow, download_release, is_hub_id, read_split
 from verl_audio.data.confine import AUDIO_ROOT_KEY
+from verl_audio.modality import check_modalities
 
 SPLITS = ("train", "dev", "test")
 InputModality = Literal["audio", "text", "both"]
@@ -69,10 +70,7 @@ def prepare_alr(
     log: Callable[[str], None] = print,
 ) -> list[SplitReport]:
     """Prepare the listed splits of ALR from `src` (a local folder or the Hub id) into `out`."""
-    if input_modality not in ("audio", "text", "both"):
-        raise ValueError(f"input_modality must be audio, text or both, got {input_modality!r}")
-    if output_modality not in ("text", "audio"):
-        raise ValueError(f"output_modality must be text or audio, got {output_modality!r}")
+    check_modalities(input_modality, output_modality)
     splits = list(splits)
     src_s = os.fspath(src)
     if is_hub_id(src_s):

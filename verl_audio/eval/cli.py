@@ -24,6 +24,7 @@ from typing import Any
 from verl_audio.eval.generation import BACKENDS, Backend, Prompt, Response, Sampling, make_backend
 from verl_audio.eval.items import DEFAULT_PROMPT_TEMPLATE, TASKS, EvalItem, load_items
 from verl_audio.eval.scoring import ItemScore, SampleScore, score_alr, score_choice, table
+from verl_audio.plugin_state import PluginNotActive, require_plugin
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        require_plugin("python -m verl_audio.eval")
+    except PluginNotActive as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for name in ("batch_size", "max_new_tokens", "n"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)

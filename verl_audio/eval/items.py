@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward_fns.protocol import mode_of
+from verl_audio.modality import ModalityError, row_modality
 
 TASKS = ("alr", "mmau")
 AUDIO_TAG = "<audio>"
@@ -49,7 +49,7 @@ class EvalItem:
 
     @property
     def output_modality(self) -> str:
-        return str(self.extra_info.get("output_modality") or "text")
+        return row_modality(self.extra_info).output
 
 
 class PathOutsideRoot(ValueError):
@@ -161,11 +161,9 @@ def alr_item(row: dict[str, Any], source: str, root: Path | None) -> EvalItem:
     info = row.get("extra_info") or {}
     rid = str(info.get("id") or source)
     try:
-        mode = mode_of(info) or "unknown_mode"
-    except ValueError as err:
+        mode, error = row_modality(info).label, None
+    except ModalityError as err:
         mode, error = "unknown_mode", f"bad row: {err}"
-    else:
-        error = None
     item = EvalItem(key=f"{mode}:{rid}", id=rid, task="alr", group=mode, source=source, extra_info=info, error=error)
     prompt = row.get("prompt") or []
     users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]

@@ -6,6 +6,8 @@ from typing import Any
 
 #: config ``model_type`` values of Qwen2.5-Omni checkpoints: full (thinker + talker + token2wav) and thinker-only
 OMNI_MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
+#: prefixes of a full checkpoint's tensors that are not the thinker's
+NON_THINKER_PREFIXES = ("talker.", "token2wav.")
 
 
 def thinker_config(hf_config: Any) -> Any:

@@ -45,7 +45,9 @@ from verl.workers.config import HFModelConfig
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from verl_audio.models import encoder_cache
-from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
+from verl_audio.models.loading import load_part
+from verl_audio.models.omni_config import NON_THINKER_PREFIXES, OMNI_MODEL_TYPES, thinker_config
+from verl_audio.plugin_state import require_plugin
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,13 @@ class OmniModelConfig(HFModelConfig):
     bf16); 0 turns the cache off. Unused when the audio encoder is trained."""
 
     def __post_init__(self) -> None:
+        # built in every process that reads audio prompts (agent loop, actor, trainer): without the plugin's
+        # processor patch the processor below would be None and audio prompts would become text prompts
+        require_plugin("the model config of " + str(self.path))
         super().__post_init__()
+        if self.processor is None:
+            raise ValueError(f"{self.path}: no processor was loaded for this audio checkpoint; audio prompts "
+                             "would become text prompts")
         for key in ("freeze_audio_encoder", "freeze_vision_encoder"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"model.{key} must be a bool, got {getattr(self, key)!r}")
@@ -100,6 +108,18 @@ class OmniModelConfig(HFModelConfig):
                              f"{self.path} has model_type {checkpoint_type!r}")
         if self.model_type == "language_model":  # verl's default role: route to the Omni engine
             self.model_type = checkpoint_type
+
+
+def worker_model_config(model_config: Any) -> HFModelConfig:
+    """The model config object verl's workers build from ``actor_rollout_ref.model``: the class its ``_target_``
+    names (``OmniModelConfig`` in the recipe's config), else verl's ``HFModelConfig``."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    if isinstance(model_config, HFModelConfig):
+        return model_config
+    if model_config.get("_target_"):
+        return omega_conf_to_dataclass(model_config)
+    return omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
 
 
 def check_supported(model_config: Any, engine_config: Any) -> None:
@@ -213,9 +233,9 @@ class OmniThinkerFSDPEngine(FSDPEngineWithLMHead):
         init_context = get_init_weight_context_manager(use_meta_tensor=not tied, mesh=self.device_mesh)
         with init_context(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-                self.model_config.local_path, config=config, dtype=dtype,
-                trust_remote_code=self.model_config.trust_remote_code)
+            module = load_part(Qwen2_5OmniThinkerForConditionalGeneration, self.model_config.local_path,
+                               other_parts=NON_THINKER_PREFIXES, config=config, dtype=dtype,
+                               trust_remote_code=self.model_config.trust_remote_code)
 
         # read by verl's wrap policy when engine.wrap_policy.transformer_layer_cls_to_wrap is not set
         module._no_split_modules = list(WRAP_CLASSES[self.engine_config.strategy])

@@ -27,13 +27,13 @@ import torch
 from transformers import DynamicCache, GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
 from verl_audio.content_cache import LRUCache
+from verl_audio.models.loading import load_part
+from verl_audio.models.omni_config import NON_THINKER_PREFIXES
 from verl_audio.rollout.features import ClipFeatures, encode_clips
 from verl_audio.rollout.sampling import BatchSampler, SamplingSpec, sample_step
 
 logger = logging.getLogger(__name__)
 
-#: prefixes of a full Omni checkpoint's non-thinker weights, which the rollout does not use
-NON_THINKER_PREFIXES = ("talker.", "token2wav.")
 
 
 @dataclass
@@ -110,9 +110,8 @@ class OmniGenerator:
     ) -> None:
         self.path = str(path)
         self.device = torch.device(device)
-        self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            self.path, dtype=dtype, attn_implementation=attn_implementation
-        ).eval()
+        self.model = load_part(Qwen2_5OmniThinkerForConditionalGeneration, self.path, other_parts=NON_THINKER_PREFIXES,
+                               dtype=dtype, attn_implementation=attn_implementation).eval()
         self.model.requires_grad_(False)
         self.model.to(self.device)
         cfg = self.model.config

@@ -25,6 +25,7 @@ from verl.workers.config import RolloutConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 
 from verl_audio.models.audio_features import load_omni_processor
+from verl_audio.plugin_state import require_plugin
 from verl_audio.rollout.batcher import RequestBatcher
 from verl_audio.rollout.config import HFRolloutOptions, resolve_device, resolve_dtype
 from verl_audio.rollout.engine import GenRequest, GenResult, OmniGenerator
@@ -54,6 +55,7 @@ class HFRolloutServer:
         node_rank: int = 0,
         visible_devices: str | None = None,
     ) -> None:
+        require_plugin("the hf rollout server")
         if visible_devices:  # before anything touches CUDA: the GPUs of this replica's workers
             from verl.utils.device import get_visible_devices_keyword
 

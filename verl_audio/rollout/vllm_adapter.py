@@ -5,13 +5,14 @@ here by ``verl_audio.rollout.register``). Without speech it is verl's adapter un
 ``engine_kwargs.speech.enable`` the replica runs a ``StandaloneSpeechServer`` with its own thinker
 (vLLM returns no hidden states to condition the talker on), and that thinker must speak with this step's
 weights: every tensor verl streams to vLLM is also copied to CPU and sent, in buckets of
-``checkpoint_engine.update_weights_bucket_megabytes``, to ``speech_server_<replica>``; the update ends with
-``finish_weight_update(global_steps)`` once vLLM has its weights too.
+``checkpoint_engine.update_weights_bucket_megabytes`` (at most two of them in flight), to
+``speech_server_<replica>``; the update ends with ``finish_weight_update(global_steps)`` once vLLM has its
+weights too.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,10 @@ from verl.workers.rollout.vllm_rollout.vllm_rollout import ServerAdapter
 
 from verl_audio.rollout.vllm_server import speech_enabled
 from verl_audio.speech.endpoints import speech_actor_name
+
+
+#: weight buckets sent to the speech server and not yet loaded there, at most
+MAX_BUCKETS_IN_FLIGHT = 2
 
 
 class OmniVLLMServerAdapter(ServerAdapter):
@@ -38,8 +43,17 @@ class OmniVLLMServerAdapter(ServerAdapter):
             self._speech = ray.get_actor(speech_actor_name(self.replica_rank))
         return self._speech
 
-    async def _tee(self, weights: Any, sent: list[Any]) -> AsyncIterator[tuple[str, torch.Tensor]]:
-        """Yield ``weights`` unchanged; CPU copies go to the speech server (refs appended to ``sent``)."""
+    async def _tee(self, weights: Any, loaded: list[int]) -> AsyncIterator[tuple[str, torch.Tensor]]:
+        """Yield ``weights`` unchanged; CPU copies go to the speech server in buckets, at most
+        ``MAX_BUCKETS_IN_FLIGHT`` of them unanswered (the oldest is awaited first), so a large thinker never
+        sits in Ray's object store whole. Tensors loaded per bucket are appended to ``loaded``."""
+        in_flight: deque[Any] = deque()
+
+        async def send(bucket: list[tuple[str, torch.Tensor]]) -> None:
+            while len(in_flight) >= MAX_BUCKETS_IN_FLIGHT:
+                loaded.append(await in_flight.popleft())
+            in_flight.append(self._speech_server().update_weights.remote(bucket))  # serialized now: order kept
+
         bucket: list[tuple[str, torch.Tensor]] = []
         size = 0
         async for name, tensor in ensure_async_iterator(weights):
@@ -47,11 +61,13 @@ class OmniVLLMServerAdapter(ServerAdapter):
             bucket.append((name, copy))
             size += copy.numel() * copy.element_size()
             if size >= self.bucket_bytes:
-                sent.append(self._speech_server().update_weights.remote(bucket))  # serialized now: order kept
+                await send(bucket)
                 bucket, size = [], 0
             yield name, tensor
         if bucket:
-            sent.append(self._speech_server().update_weights.remote(bucket))
+            await send(bucket)
+        while in_flight:
+            loaded.append(await in_flight.popleft())
 
     async def update_weights(self, weights: Any, global_steps: int | None = None,
                              wire_format: str = "named_tensors", **kwargs: Any) -> None:  # fmt: skip
@@ -60,10 +76,10 @@ class OmniVLLMServerAdapter(ServerAdapter):
                                       f"{wire_format!r}: the speech server would keep stale weights")
         if not (self.speaks and self._has_server):
             return await super().update_weights(weights, global_steps=global_steps, wire_format=wire_format, **kwargs)
-        sent: list[Any] = []
-        await super().update_weights(self._tee(weights, sent), global_steps=global_steps, wire_format=wire_format,
-                                     **kwargs)  # fmt: skip
-        loaded = sum(await asyncio.gather(*sent))
+        per_bucket: list[int] = []
+        await super().update_weights(self._tee(weights, per_bucket), global_steps=global_steps,
+                                     wire_format=wire_format, **kwargs)  # fmt: skip
+        loaded = sum(per_bucket)
         if loaded == 0:
             raise RuntimeError(f"{speech_actor_name(self.replica_rank)}: the weight update held no thinker tensor; "
                                "check the weight names")

@@ -38,6 +38,8 @@ from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, 
 
 from verl_audio.models.audio_features import audio_tokens_for_samples
 from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
+from verl_audio.models.omni_engine import worker_model_config
+from verl_audio.plugin_state import require_plugin
 
 logger = logging.getLogger(__name__)
 
@@ -64,23 +66,37 @@ class AudioTokenMismatch(RuntimeError):
     """vLLM filled a prompt with another number of audio tokens than its clips call for."""
 
 
+def server_model_config(model_config: Any) -> Any:
+    """The model config the vLLM server works with, built from ``actor_rollout_ref.model``.
+
+    verl's server builds ``HFModelConfig``, which refuses the keys of the class the recipe's ``_target_`` names
+    (``OmniModelConfig``'s ``freeze_*`` and cache keys); here it is that class, as the workers build it. For an
+    Omni checkpoint ``max_position_embeddings`` (nested under the thinker's text config) is lifted to the top,
+    where verl's ``_validate_configs`` looks; a thinker-only Omni checkpoint is refused (no vLLM architecture).
+    """
+    config = worker_model_config(model_config)
+    hf_config = config.hf_config
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type == "qwen2_5_omni_thinker":
+        raise ValueError(f"{config.local_path}: vLLM 0.32 serves full Qwen2.5-Omni checkpoints only (it has no "
+                         "architecture for a thinker-only one); use the full checkpoint or rollout.name=hf")
+    if model_type in OMNI_MODEL_TYPES and getattr(hf_config, "max_position_embeddings", None) is None:
+        hf_config.max_position_embeddings = thinker_config(hf_config).get_text_config().max_position_embeddings
+    return config
+
+
 class OmniVLLMHttpServer(vLLMHttpServer):
     """verl's vLLM server with whole-audio prompts for Qwen2.5-Omni (module doc)."""
 
     def _init_model_config(self, model_config: Any) -> Any:
-        config = super()._init_model_config(model_config)
+        require_plugin("the vLLM rollout server")
+        config = server_model_config(model_config)
         hf_config = config.hf_config
         self.omni = getattr(hf_config, "model_type", None) in OMNI_MODEL_TYPES
-        self.audio_token_id: int | None = None
-        if getattr(hf_config, "model_type", None) == "qwen2_5_omni_thinker":
-            raise ValueError(f"{config.local_path}: vLLM 0.32 serves full Qwen2.5-Omni checkpoints only (it has no "
-                             "architecture for a thinker-only one); use the full checkpoint or rollout.name=hf")
-        if self.omni:
-            thinker = thinker_config(hf_config)
-            self.audio_token_id = int(thinker.audio_token_id)
-            if getattr(hf_config, "max_position_embeddings", None) is None:
-                hf_config.max_position_embeddings = thinker.get_text_config().max_position_embeddings
-        #: audio tokens vLLM used per request id, from its output; ``generate`` takes each one back
+        self.audio_token_id = int(thinker_config(hf_config).audio_token_id) if self.omni else None
+        #: ids of the audio requests in flight, and the audio tokens vLLM used for each (from its output);
+        #: ``generate`` adds and removes both, so requests without audio leave nothing behind
+        self.audio_requests: set[str] = set()
         self.audio_tokens_used: dict[str, int] = {}
         return config
 
@@ -110,14 +126,14 @@ class OmniVLLMHttpServer(vLLMHttpServer):
         """Record, per request, how many audio tokens vLLM put in the prompt it actually ran."""
         engine_generate = self.engine.generate
         audio_id = self.audio_token_id
-        used = self.audio_tokens_used
+        used, watched = self.audio_tokens_used, self.audio_requests
 
         async def generate(*args: Any, request_id: str, **kwargs: Any) -> AsyncIterator[Any]:
             last = None
             async for output in engine_generate(*args, request_id=request_id, **kwargs):
                 last = output
                 yield output
-            if last is not None and last.prompt_token_ids is not None:
+            if str(request_id) in watched and last is not None and last.prompt_token_ids is not None:
                 used[str(request_id)] = sum(1 for t in last.prompt_token_ids if t == audio_id)
 
         self.engine.generate = generate
@@ -141,10 +157,15 @@ class OmniVLLMHttpServer(vLLMHttpServer):
             )
         expected = sum(audio_tokens_for_samples(clip_samples(a)) for a in audio_data)
         collapsed = collapse_runs(list(prompt_ids), self.audio_token_id)
-        output = await super().generate(
-            collapsed, sampling_params, request_id, image_data, video_data, audio_data, mm_processor_kwargs, **kwargs
-        )
-        used = self.audio_tokens_used.pop(str(request_id), None)
+        self.audio_requests.add(str(request_id))
+        try:
+            output = await super().generate(
+                collapsed, sampling_params, request_id, image_data, video_data, audio_data, mm_processor_kwargs,
+                **kwargs,
+            )
+        finally:
+            self.audio_requests.discard(str(request_id))
+            used = self.audio_tokens_used.pop(str(request_id), None)
         if output.stop_reason != "aborted" and used != expected:
             raise AudioTokenMismatch(
                 f"request {request_id}: vLLM used {used} audio tokens for clips that call for {expected} "

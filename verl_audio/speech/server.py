@@ -29,7 +29,9 @@ from verl_audio.rollout.engine import eos_token_ids
 from verl_audio.rollout.features import AudioFeaturizer
 from verl_audio.speech.config import SpeechOptions
 from verl_audio.speech.stage import SpeechRequest, SpeechResult, SpeechStage
-from verl_audio.speech.talker import load_speech_modules
+from verl_audio.models.loading import load_part
+from verl_audio.plugin_state import require_plugin
+from verl_audio.speech.talker import NON_THINKER, load_speech_modules
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,12 @@ class StandaloneSpeechServer(SpeechServer):
     def __init__(self, model_path: str, engine_kwargs: Any = None, dtype: str = "bfloat16") -> None:
         from verl_audio.models.audio_features import load_omni_processor
 
+        require_plugin("the stand-alone speech server")
         options = SpeechOptions.from_engine_kwargs(engine_kwargs)
         device = resolve_device(options.device)
         torch_dtype = resolve_dtype(dtype)
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype)
+        thinker = load_part(Qwen2_5OmniThinkerForConditionalGeneration, model_path, other_parts=NON_THINKER,
+                            dtype=torch_dtype)
         thinker.eval().requires_grad_(False).to(device)
         modules = load_speech_modules(model_path, device=device, dtype=torch_dtype)
         stage = SpeechStage(modules, thinker, options, eos_token_ids(thinker, model_path), owns_thinker=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from reward_fns.protocol import MODALITIES, OUTPUT_MODALITY
+from verl_audio.modality import ModalityError, row_modality
 from verl_audio.speech.agent_loop import AGENT_NAME
 from verl_audio.speech.talker import require_speech_weights
 
@@ -47,11 +47,10 @@ def output_modalities(files: Iterable[str]) -> Counter:
         if table is None:
             counts["text"] += pq.read_metadata(file).num_rows
         for row, info in enumerate(rows):
-            value = (info or {}).get(OUTPUT_MODALITY) or "text"
-            if value not in MODALITIES:
-                raise ValueError(f"{file} row {row}: extra_info.{OUTPUT_MODALITY} must be one of {MODALITIES}, "
-                                 f"got {value!r}")
-            counts[value] += 1
+            try:
+                counts[row_modality(info).output] += 1
+            except ModalityError as err:
+                raise ValueError(f"{file} row {row}: {err}") from err
     return counts
 
 

@@ -19,9 +19,11 @@ from transformers import (
     Qwen2_5OmniToken2WavModel,
 )
 
-TALKER_PREFIX, TOKEN2WAV_PREFIX = "talker.", "token2wav."
+from verl_audio.models.omni_config import NON_THINKER_PREFIXES
+
 #: prefixes of a full checkpoint's weights that are not the thinker's
-NON_THINKER = (TALKER_PREFIX, TOKEN2WAV_PREFIX)
+NON_THINKER = NON_THINKER_PREFIXES
+TALKER_PREFIX, TOKEN2WAV_PREFIX = NON_THINKER
 SPEAKER_FILE = "spk_dict.pt"
 
 

@@ -26,15 +26,10 @@ import numpy as np
 
 from reward_fns.audio_length import voiced_seconds
 from reward_fns.protocol import RESPONSE_AUDIO
+from verl_audio.modality import row_modality
 from verl_audio.speech.agent_loop import SPEECH_FIELDS
 
 logger = logging.getLogger(__name__)
-
-
-def row_mode(info: Any) -> str:
-    """``<input>_to_<output>`` of a row's ``extra_info`` (missing modalities: audio in, text out)."""
-    info = info if isinstance(info, dict) else {}
-    return f"{info.get('input_modality') or 'audio'}_to_{info.get('output_modality') or 'text'}"
 
 
 def speech_metrics(audios: list[Any], compute_s: list[Any]) -> tuple[dict[str, float], float]:
@@ -98,7 +93,7 @@ class SpeechTap:
         taken: dict[str, int] = defaultdict(int)
         logged = []
         for i, (info, text, audio) in enumerate(zip(infos, texts, audios, strict=True)):
-            mode = row_mode(info)
+            mode = row_modality(info).label
             if taken[mode] >= self.samples_per_mode:
                 continue
             k = taken[mode]

@@ -23,18 +23,24 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import hydra
 import verl  # noqa: F401  (first: loads the verl-audio plugin before anything imports verl_audio.platform)
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_audio.data import bad_audio, decode_cache
+from verl_audio.plugin_state import require_plugin
 from verl_audio.trainer import cluster, cpu_mode, metrics_log
 
 logger = logging.getLogger("verl_audio.trainer")
 
 CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
+#: the composed config as the workers receive it, written at start
+CONFIG_FILE = "config.yaml"
+#: what the run did and where its outputs are, printed last
+SUMMARY_FILE = "summary.txt"
 
 
 def _absolute(path: str) -> str:
@@ -116,28 +122,51 @@ def export(config: DictConfig, out: Path) -> Path:
 
 
 def finish(config: DictConfig, out: Path) -> None:
-    """After training: export the last checkpoint and draw the reward curve (as configured)."""
-    if config.verl_audio.export:
-        export(config, out)
+    """After training: export the last checkpoint, draw the reward curve (as configured), print the summary."""
+    from verl_audio.trainer.summary import summarize
+
+    exported = export(config, out) if config.verl_audio.export else None
+    curve = None
     if config.verl_audio.plot:
         from verl_audio.trainer.plot import plot_reward_curve
 
-        png = plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
-        logger.warning("verl-audio: reward curve in %s", png)
+        curve = plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
+    text = summarize(config, out, latest_checkpoint(config), exported, curve)
+    (out / SUMMARY_FILE).write_text(text + "\n", encoding="utf-8")
+    print(text, flush=True)
 
 
-def run(config: DictConfig) -> None:
-    """Prepare, train with verl's run function and our task runner, then export and plot."""
-    from verl.trainer.main_ppo import run_ppo
+def check(config: DictConfig) -> Path:
+    """Everything before Ray starts: the plugin, paths and modes (``prepare``), verl's checks, every config object
+    the workers build from ``config`` (``config_check``), and ``<output_dir>/config.yaml``. Returns the output folder."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from verl_audio.trainer.task_runner import AudioTaskRunner
+    from verl_audio.trainer.config_check import build_worker_configs
 
+    require_plugin("verl_audio.trainer.main")
     out = prepare(config)
     auto_set_device(config)
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    with warnings.catch_warnings():  # "Disabled critic as algorithm.adv_estimator != gae": GRPO has no critic
+        warnings.filterwarnings("ignore", message="Disabled critic", category=UserWarning)
+        validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    built = build_worker_configs(config)
+    OmegaConf.save(config, out / CONFIG_FILE, resolve=True)
+    logger.warning("verl-audio: config checked (%s) and written to %s", ", ".join(built), out / CONFIG_FILE)
+    return out
+
+
+def run(config: DictConfig) -> None:
+    """Check, train with verl's run function and our task runner, then export, plot and summarise."""
+    from verl.trainer.main_ppo import run_ppo
+
+    from verl_audio.trainer.task_runner import AudioTaskRunner
+
+    out = check(config)
+    if config.verl_audio.dry_run:
+        logger.warning("verl-audio: verl_audio.dry_run=true: nothing started")
+        return
     address = cluster.address(config)
     if address is not None:  # verl's run_ppo then finds Ray initialized and starts nothing
         lines = cluster.join(config, address, cpu_mode=config.trainer.device == "cpu")

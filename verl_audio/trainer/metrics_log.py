@@ -10,10 +10,13 @@ resumes from, so lines of steps that are run again are dropped instead of duplic
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: verl's own variable: where its file logger writes
 PATH_ENV = "VERL_FILE_LOGGER_PATH"
@@ -46,18 +49,29 @@ def trim_after(path: str | Path, step: int) -> int:
 
     Called when a run (re)starts at ``step``: a fresh run (0) starts an empty history; a run resumed
     from the checkpoint of step k keeps steps 1..k (and the initial validation at 0) and drops the
-    lines that the killed run wrote after its last checkpoint, since those steps are run again.
+    lines that the killed run wrote after its last checkpoint, since those steps are run again. A last
+    line cut short by the kill (no newline, not JSON) is dropped with them; a bad line anywhere else raises.
     """
     path = Path(path)
     if not path.exists():
         return 0
-    lines = path.read_bytes().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and step > 0 and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_bytes().splitlines(keepends=True) if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith(b"\n"):
+                logger.warning("%s: dropped a last line cut short by the interrupted run (%d bytes)", path, len(line))
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON line ({exc})") from exc
+        if step > 0 and record["step"] <= step:
+            kept.append(line)
     # rewrite in place (not rename): verl's logger may already hold the file open in append mode
     with open(path, "r+b") as handle:
         handle.write(b"".join(kept))
         handle.truncate()
-    return len([line for line in lines if line.strip()]) - len(kept)
+    return len(lines) - len(kept)
 
 
 def training_steps(path: str | Path) -> dict[int, dict[str, float]]:

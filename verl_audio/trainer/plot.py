@@ -10,6 +10,7 @@ from pathlib import Path
 
 from verl_audio.trainer.metrics_log import finite, training_steps
 from verl_audio.trainer.ppo_trainer import PREFIX
+from verl_audio.trainer.summary import LEARNS_FROM_SCRATCH, reward_was_always_zero
 
 #: verl's own per-step score (sequence score mean), drawn with the components
 VERL_SCORE = "critic/score/mean"
@@ -39,9 +40,16 @@ def plot_reward_curve(metrics_file: str | Path, out: str | Path) -> Path:
     data = curves(metrics_file)
     if not data:
         raise ValueError(f"{metrics_file} has no training step with reward metrics to plot")
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, (steps, values) in data.items():
         ax.plot(steps, values, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    if reward_was_always_zero(training_steps(metrics_file)):
+        ax.text(0.5, 0.55, "reward 0 at every step: the model never wrote the answer format\n"
+                f"the rules reward (a random model); a run that learns: {LEARNS_FROM_SCRATCH}",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="dimgray", wrap=True)
     ax.set_xlabel("training step")
     ax.set_ylabel("mean over the step's responses")
     ax.set_title(Path(metrics_file).parent.name)

@@ -2,8 +2,9 @@
 
 verl's ``main_ppo_v0.TaskRunner`` is a Ray actor class whose ``run`` constructs ``RayPPOTrainer``
 directly, so it cannot be subclassed; ``run`` below is its body (verl 0.9.1) with the trainer class
-swapped, and the validation dataset set to leave rows with bad audio out of its batches
-(``on_skip="drop"``, collated by ``collate_skipping_bad``) where the training dataset replaces them.
+swapped, the validation dataset set to leave rows with bad audio out of its batches
+(``on_skip="drop"``, collated by ``collate_skipping_bad``) where the training dataset replaces them, and the
+config's pretty-print left out (the driver writes it to ``<output_dir>/config.yaml``).
 The role/resource-pool helpers are inherited from verl's ``BaseTaskRunner`` unchanged.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pprint import pprint
 
 import ray
 from omegaconf import DictConfig, OmegaConf
@@ -30,8 +30,9 @@ class AudioTaskRunner(BaseTaskRunner):
         from verl_audio.data.rl_dataset import collate_skipping_bad
         from verl_audio.trainer.ppo_trainer import AudioPPOTrainer
 
-        print(f"AudioTaskRunner hostname: {socket.gethostname()}, PID: {os.getpid()}")
-        pprint(OmegaConf.to_container(config, resolve=True))
+        # verl pretty-prints the whole config here (~700 lines); the driver wrote it to <output_dir>/config.yaml
+        print(f"AudioTaskRunner on {socket.gethostname()} (pid {os.getpid()}), config in "
+              f"{config.verl_audio.output_dir}/config.yaml")
         OmegaConf.resolve(config)
 
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)

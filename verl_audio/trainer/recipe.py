@@ -1,0 +1,235 @@
+"""The recipes' presets: a few environment variables -> what to prepare, then verl's overrides for the trainer.
+
+    python -m verl_audio.trainer.recipe soundmind_alr [verl overrides...]   (what recipes/soundmind_alr.sh runs)
+
+Environment (each read once, here):
+
+* ``PRESET``: ``tiny`` (default when no GPU is visible and ``MODEL_PATH`` is unset): a random tiny model on the
+  bundled demo sample, a few GRPO steps, checkpoint, export, reward curve; ``paper``: the paper's settings on
+  8 GPUs (``MODEL_PATH``, ``DATA_DIR`` with prepared parquet files), refused without a GPU.
+* ``ROLLOUT``: ``hf`` or ``vllm`` (default ``hf`` for tiny, ``vllm`` for paper).
+* ``INPUT_MODALITY`` (``audio``/``text``) and ``OUTPUT_MODALITY`` (``text``/``audio``): the paper's mode.
+* ``OUTPUTS`` (default ``outputs``), ``EXPERIMENT`` (default from preset, mode and rollout).
+* ``DRY_RUN=1``: prepare and check the whole config (every config object the workers build), write it to the
+  output folder, and stop before Ray starts; runs without a GPU for every preset.
+
+The preparation steps (tiny model, demo data) are skipped when their outputs exist, so rerunning a command
+resumes it. Then the trainer runs in a fresh interpreter (``python -m verl_audio.trainer.main``) with the
+preset's overrides followed by the user's, which win.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECIPES = ("soundmind_alr",)
+PRESETS = ("tiny", "paper")
+ROLLOUTS = ("hf", "vllm")
+INPUT_MODALITIES = ("audio", "text")
+OUTPUT_MODALITIES = ("text", "audio")
+PAPER_MODEL = "Qwen/Qwen2.5-Omni-7B"
+TRAINER = "verl_audio.trainer.main"
+
+
+class RecipeError(ValueError):
+    """A setting the recipe cannot run with (the message says which and why)."""
+
+
+def gpu_visible() -> bool:
+    """Whether ``nvidia-smi`` lists a GPU (what the recipes have always asked)."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The recipe's choices, read from the environment by ``settings_from_env``."""
+
+    recipe: str
+    preset: str
+    rollout: str
+    input_modality: str
+    output_modality: str
+    outputs: Path
+    experiment: str
+    model_path: str | None = None
+    data_dir: str | None = None
+    dry_run: bool = False
+
+    @property
+    def mode_suffix(self) -> str:
+        """``""`` for audio->text (the original names), else ``_<in>_to_<out>``."""
+        mode = f"{self.input_modality}_to_{self.output_modality}"
+        return "" if mode == "audio_to_text" else f"_{mode}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.outputs / self.experiment
+
+
+def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(key) or default
+    if value not in choices:
+        raise RecipeError(f"{key} must be one of {'|'.join(choices)}, got {value!r}")
+    return value
+
+
+def settings_from_env(recipe: str, env: Mapping[str, str], *, gpu: bool | None = None) -> Settings:
+    """The ``Settings`` of ``recipe`` under ``env`` (see the module doc); ``gpu``: whether a GPU is visible."""
+    if recipe not in RECIPES:
+        raise RecipeError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    gpu = gpu_visible() if gpu is None else gpu
+    model_path = env.get("MODEL_PATH") or None
+    preset = env.get("PRESET") or ("tiny" if not gpu and model_path is None else "paper")
+    preset = _choice({"PRESET": preset}, "PRESET", PRESETS, preset)
+    rollout = _choice(env, "ROLLOUT", ROLLOUTS, "hf" if preset == "tiny" else "vllm")
+    source = _choice(env, "INPUT_MODALITY", INPUT_MODALITIES, "audio")
+    target = _choice(env, "OUTPUT_MODALITY", OUTPUT_MODALITIES, "text")
+    dry_run = env.get("DRY_RUN", "0") not in ("", "0")
+    settings = Settings(recipe, preset, rollout, source, target, Path(env.get("OUTPUTS") or "outputs"), "",
+                        model_path, env.get("DATA_DIR") or None, dry_run)
+    name = f"{recipe}_{preset}{settings.mode_suffix}" + (f"_{rollout}" if preset == "tiny" and rollout != "hf" else "")
+    return Settings(**{**settings.__dict__, "experiment": env.get("EXPERIMENT") or name})
+
+
+@dataclass
+class Plan:
+    """What runs before the trainer (each step skips itself when its output exists) and the trainer's overrides."""
+
+    settings: Settings
+    steps: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        for description, step in self.steps:
+            print(f"recipe: {description}", flush=True)
+            step()
+
+    def command(self, extra: list[str]) -> list[str]:
+        """The trainer's command line: the preset's overrides, then ``extra`` (the user's, which win)."""
+        dry = ["verl_audio.dry_run=true"] if self.settings.dry_run else []
+        return [sys.executable, "-m", TRAINER, *self.overrides, *dry, *extra]
+
+
+def _build_tiny_model(path: Path) -> None:
+    if (path / "config.json").is_file():
+        return
+    from verl_audio.models.tiny import build_tiny_omni
+    from verl_audio.patches import patch_quiet_talker_token_ids
+
+    patch_quiet_talker_token_ids()  # as in every process that imports verl
+    # talker: audio output needs talker + token2wav weights; head dim 32: vLLM's CPU attention has no kernel
+    # for the builder's default 16
+    build_tiny_omni(path, talker=True, vocab="small", head_dim=32)
+
+
+def _prepare_demo_data(settings: Settings, data: Path) -> None:
+    if (data / "train.parquet").is_file():
+        return
+    from verl_audio.data.alr import format_report, prepare_alr
+    from verl_audio.data.demo import DEMO_SAMPLE
+
+    # the rows name their audio by absolute path: prepare from a copy in the outputs, so that they never point
+    # into a Ray job's temporary working_dir (which a resubmitted job does not have)
+    sample = settings.run_dir / "demo_sample"
+    if not sample.is_dir():
+        shutil.copytree(DEMO_SAMPLE, sample)
+    reports = prepare_alr(sample, data, input_modality=settings.input_modality,
+                          output_modality=settings.output_modality, splits=["train", "dev"], progress=False)
+    print(format_report(reports), flush=True)
+
+
+def _tiny(settings: Settings) -> Plan:
+    run, model, data = settings.run_dir, settings.run_dir / "tiny_omni", settings.run_dir / "data"
+    plan = Plan(settings)
+    plan.steps = [(f"tiny model in {model}", lambda: _build_tiny_model(model)),
+                  (f"demo data ({settings.input_modality} -> {settings.output_modality}) in {data}",
+                   lambda: _prepare_demo_data(settings, data))]
+    plan.overrides = [
+        f"trainer.experiment_name={settings.experiment}", f"verl_audio.output_dir={run}",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'dev.parquet'}",
+        "data.train_batch_size=2", "data.max_prompt_length=1024", "data.max_response_length=32",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.actor.optim.lr=1e-4",
+        "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
+        "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype=fp32",
+        f"actor_rollout_ref.rollout.name={settings.rollout}", "actor_rollout_ref.rollout.max_model_len=2048",
+        "actor_rollout_ref.rollout.dtype=float32", "actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200",
+        "actor_rollout_ref.rollout.agent.num_workers=1", "reward.num_workers=1",
+        "trainer.n_gpus_per_node=2", "trainer.total_training_steps=3", "trainer.save_freq=1", "trainer.test_freq=3",
+        "trainer.val_before_train=false", "verl_audio.export_verify=true",
+    ]
+    if settings.output_modality == "audio":  # a random talker rarely ends on its own: 100 codec tokens = 2 s
+        plan.overrides.append("actor_rollout_ref.rollout.engine_kwargs.speech.talker_max_new_tokens=100")
+    return plan
+
+
+def _paper(settings: Settings, gpu: bool) -> Plan:
+    if not gpu and not settings.dry_run:
+        raise RecipeError("PRESET=paper needs 8 GPUs and none is visible (nvidia-smi); use PRESET=tiny on CPU "
+                          "(or DRY_RUN=1 to check the paper config)")
+    data = Path(settings.data_dir or f"outputs/alr_data{settings.mode_suffix}")
+    if not (data / "train.parquet").is_file():
+        raise RecipeError(f"no {data}/train.parquet; prepare it with: python examples/data_preprocess/alr.py "
+                          f"--src SRC --out {data} --input-modality {settings.input_modality} "
+                          f"--output-modality {settings.output_modality}")
+    plan = Plan(settings)
+    plan.overrides = [
+        f"trainer.experiment_name={settings.experiment}", f"verl_audio.output_dir={settings.run_dir}",
+        f"actor_rollout_ref.model.path={settings.model_path or PAPER_MODEL}",
+        f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'dev.parquet'}",
+        f"actor_rollout_ref.rollout.name={settings.rollout}", "actor_rollout_ref.rollout.gpu_memory_utilization=0.6",
+        "actor_rollout_ref.actor.fsdp_config.param_offload=true",
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true",
+        "actor_rollout_ref.ref.fsdp_config.param_offload=true", "trainer.n_gpus_per_node=8", "verl_audio.device=gpu",
+    ]
+    return plan
+
+
+def plan(settings: Settings, *, gpu: bool | None = None) -> Plan:
+    """The preparation steps and trainer overrides of ``settings`` (raises ``RecipeError`` for a bad setting)."""
+    if settings.preset == "tiny":
+        return _tiny(settings)
+    return _paper(settings, gpu_visible() if gpu is None else gpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in RECIPES:
+        print(f"usage: python -m verl_audio.trainer.recipe {{{','.join(RECIPES)}}} [verl overrides...]",
+              file=sys.stderr)
+        return 2
+    from verl_audio.plugin_state import excluded_by_policy
+
+    excluded = excluded_by_policy()
+    if excluded:  # the trainer would refuse too, after the preparation: say it before preparing anything
+        print(f"recipe: verl-audio's plugin would not load ({excluded}); the trainer refuses to start without it "
+              "(audio prompts would become text). Unset VERL_USE_EXTERNAL_PLUGINS, or list verl_audio in it.",
+              file=sys.stderr)
+        return 2
+    try:
+        gpu = gpu_visible()
+        settings = settings_from_env(argv[0], os.environ, gpu=gpu)
+        if not os.environ.get("PRESET"):
+            why = "no GPU visible and MODEL_PATH unset" if settings.preset == "tiny" else "GPU visible or MODEL_PATH set"
+            print(f"recipe: {why} -> PRESET={settings.preset}", flush=True)
+        recipe_plan = plan(settings, gpu=gpu)
+    except RecipeError as err:
+        print(f"recipe: {err}", file=sys.stderr)
+        return 2
+    recipe_plan.prepare()
+    command = recipe_plan.command(argv[1:])
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
