@@ -2,7 +2,7 @@
 
     python benchmarks/reward_parsing.py
 
-The inputs are the adversarial cases of `tests/test_reward_fuzz.py` (1 MB of words, 100 KB of tags,
+The inputs are the adversarial cases of `tests/rewards/test_reward_fuzz.py` (1 MB of words, 100 KB of tags,
 deep nesting, ...). Prints the best of 5 timings per case, and the ratio of parse times for a 1 MB
 and a 100 KB response of unbalanced tags (a quadratic scan would show ~100x).
 """

@@ -54,7 +54,7 @@ def stage_only() -> None:
     import torch
 
     from verl_audio.models.tiny import build_tiny_omni
-    from verl_audio.rollout.engine import eos_token_ids
+    from verl_audio.rollout.hf.engine import eos_token_ids
     from verl_audio.speech.config import SpeechOptions
     from verl_audio.speech.stage import SpeechRequest, SpeechStage
     from verl_audio.speech.talker import load_speech_modules

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 from recipe_runs import REPO, later_steps
+
 #: Qwen2.5-Omni-7B's sizes (its config.json) that the FLOP count reads
 OMNI_7B = {"audio": {"encoder_layers": 32, "d_model": 1280, "encoder_ffn_dim": 5120, "num_mel_bins": 128,
                      "n_window": 100, "output_dim": 3584},
@@ -137,7 +138,7 @@ def prepare(out: Path, model: Path) -> tuple[Path, Path]:
 
 
 def _audio_prompt_tokens(processor, row) -> int:
-    from verl_audio.data.rl_dataset import to_array
+    from verl_audio.data.decode import to_array
     from verl_audio.models.audio_features import audio_processor_kwargs
 
     content = row.prompt[0]["content"].replace("<audio>", "")

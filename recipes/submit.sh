@@ -5,7 +5,8 @@
 #   RAY_AUTH_MODE=token RAY_AUTH_TOKEN=...   the token the head and nodes were started with (the client needs it too)
 #   OUTPUTS         where the run writes, an absolute path every node sees (default: $PWD/outputs, right for a
 #                   one-machine cluster); resubmitting with the same OUTPUTS and EXPERIMENT resumes the run
-#   PRESET, EXPERIMENT, MODEL_PATH, DATA_DIR, ROLLOUT   passed to the recipe on the cluster
+#   PRESET, EXPERIMENT, MODEL_PATH, DATA_DIR, ROLLOUT, INPUT_MODALITY, OUTPUT_MODALITY, DRY_RUN
+#                   passed to the recipe on the cluster
 #   CLUSTER_PYTHON  the interpreter on the nodes that has verl-audio installed (default: `python` on their PATH)
 #   PIP             a requirements file Ray installs per job on each node (runtime env `pip`; default: none, the nodes' own environment)
 #   IMAGE           a container image the job runs in (runtime env `image_uri`; default: none)
@@ -31,7 +32,8 @@ ID=${SUBMISSION_ID:-verl_audio_${EXP:-${PRESET:-run}}_$(date +%Y%m%d_%H%M%S)}
 RUNTIME_ENV=$(OUTPUTS="$OUTPUTS" "$PY" - <<'EOF'
 import json, os
 env_vars = {"OUTPUTS": os.environ["OUTPUTS"], "PYTHON": os.environ.get("CLUSTER_PYTHON") or "python"}
-for key in ("PRESET", "EXPERIMENT", "MODEL_PATH", "DATA_DIR", "ROLLOUT"):
+for key in ("PRESET", "EXPERIMENT", "MODEL_PATH", "DATA_DIR", "ROLLOUT", "INPUT_MODALITY", "OUTPUT_MODALITY",
+            "DRY_RUN"):
     if os.environ.get(key):
         env_vars[key] = os.environ[key]
 runtime_env = {

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from reward_fns.protocol import reference_amount, resample, to_mono_float32
 
 VAD_RATES = (8000, 16000, 32000, 48000)

@@ -94,7 +94,7 @@ def test_plugin_is_loaded_by_verl(probe: dict) -> None:
 def test_hf_rollout_is_registered(probe: dict) -> None:
     assert "rollout:hf" in probe["active"]
     assert probe["rollout_replica"] == "HFReplica"
-    assert probe["rollout_adapter"] == "verl_audio.rollout.adapter.HFServerAdapter"
+    assert probe["rollout_adapter"] == "verl_audio.rollout.hf.adapter.HFServerAdapter"
 
 
 def test_cpu_platform_is_registered_and_current(probe: dict) -> None:
@@ -136,7 +136,6 @@ def test_apply_all_is_idempotent() -> None:
 
 def test_process_group_backend_patch(monkeypatch: pytest.MonkeyPatch) -> None:
     import verl.utils.distributed as dist_utils
-
     from verl.utils.device import get_device_name, get_nccl_backend
 
     seen: list[str] = []

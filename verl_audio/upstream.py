@@ -131,7 +131,7 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.config.model", "hf_processor", None),
     ("verl.model_merger.base_model_merger", "hf_processor", None),
     ("transformers", "Qwen2_5OmniProcessor.__call__", ("self", "text", "images", "videos", "audio")),
-    # the agent-loop paths that use the processor (tests/test_omni_processor.py, tests/test_positions.py)
+    # the agent-loop paths that use the processor (tests/models/test_omni_processor.py, tests/models/test_positions.py)
     ("verl.experimental.agent_loop.agent_loop", "AgentLoopWorker._compute_position_ids",
      ("self", "input_ids", "attention_mask", "multi_modal_inputs")),
     ("verl.experimental.agent_loop.agent_loop", "AgentLoopWorker._compute_multi_modal_inputs",
@@ -203,7 +203,7 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.rollout.base", "BaseRollout.__init__", ("self", "config", "model_config", "device_mesh")),
     ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY", None),
     ("verl.workers.rollout.base", "get_rollout_class", ("rollout_name", "mode")),
-    # --- the vllm backend (verl_audio.rollout.vllm_server, vllm_worker) ---
+    # --- the vllm backend (verl_audio.rollout.vllm.server, .worker) ---
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMReplica.__init__",
      ("self", "replica_rank", "config", "model_config", "gpus_per_node")),
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer._init_model_config",
@@ -230,7 +230,7 @@ REQUIRED: list[Requirement] = [
     # patch 12 (packed multi-row position ids)
     ("verl.workers.utils.padding", "left_right_2_no_padding", ("data",)),
     ("verl.trainer.ppo.ray_trainer", "left_right_2_no_padding", None),
-    # speech beside vLLM (verl_audio.rollout.vllm_adapter; the registry entry it replaces)
+    # speech beside vLLM (verl_audio.rollout.vllm.adapter; the registry entry it replaces)
     ("verl.workers.rollout.vllm_rollout", "ServerAdapter", None),
     ("verl.workers.rollout.vllm_rollout.vllm_rollout", "ServerAdapter.__init__",
      ("self", "config", "model_config", "device_mesh", "replica_rank")),
@@ -265,7 +265,7 @@ REQUIRED: list[Requirement] = [
 #: ``(module, qualified name, sha256 prefix of inspect.getsource, what we rely on)``. When the test fails,
 #: read the new body, check the reason still holds (or adapt our code), then update the hash.
 PINNED: list[tuple[str, str, str, str]] = [
-    # the vllm backend (verl_audio.rollout.vllm_server, vllm_worker, patches 8 and 9)
+    # the vllm backend (verl_audio.rollout.vllm.server, .worker, patches 8 and 9)
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer.generate", "98d1b7a3a17b0e11",
      "collapses only image/video runs (qwen2_5_vl_dedup_image_tokens), calls engine.generate(request_id=...) and "
      "returns a TokenOutput whose extra_fields we extend"),

@@ -10,7 +10,7 @@ The processor comes from the same folder unless ``--processor`` names another. E
 ``--audio-dir`` whose name starts with ``high_`` or ``low_`` is scored (other files are ignored).
 
 Each clip is asked the training prompt (``verl_audio.data.tones.TONE_PROMPT``, laid out as verl's dataset
-lays it out), greedily decoded by the ``hf`` rollout's generator (``verl_audio.rollout.engine``: the same
+lays it out), greedily decoded by the ``hf`` rollout's generator (``verl_audio.rollout.hf.engine``: the same
 prefill, positions and banned placeholder ids as the rollout's validation), decoded without special tokens
 as verl's reward manager does, and parsed with ``reward_fns.tones.parse_tone_answer``. A response that is not
 one of the answers the reward accepts counts as wrong. Prints per-class accuracy, then ``accuracy: <fraction>`` last.
@@ -89,8 +89,8 @@ def evaluate(
     """Greedy answers of ``model`` for every labelled clip of ``audio_dir`` (module doc)."""
     from verl_audio.data.confine import load_confined_audio
     from verl_audio.models.audio_features import SAMPLING_RATE, load_omni_processor
-    from verl_audio.rollout.engine import GenRequest, OmniGenerator
     from verl_audio.rollout.features import AudioFeaturizer
+    from verl_audio.rollout.hf.engine import GenRequest, OmniGenerator
     from verl_audio.rollout.sampling import SamplingSpec
 
     if max_new_tokens < 1 or batch_size < 1:

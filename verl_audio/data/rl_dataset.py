@@ -38,10 +38,11 @@ import numpy as np
 from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 from verl.utils.tokenizer import build_multimodal_processor_inputs, normalize_token_ids
 
-from verl_audio.data.audio import TARGET_SR, AudioError, load_audio, resample
+from verl_audio.data.audio import TARGET_SR, AudioError
 from verl_audio.data.audio_quality import flag_kind
 from verl_audio.data.bad_audio import BadAudioReport, BadAudioSettings
 from verl_audio.data.confine import audio_roots, confine
+from verl_audio.data.decode import to_array
 from verl_audio.data.decode_cache import CACHE, file_key
 
 logger = logging.getLogger(__name__)
@@ -66,32 +67,6 @@ class BadAudioRows(AudioError):
 
     def __reduce__(self):
         return (type(self), (self.rows,))
-
-
-def to_array(audio: Any, sampling_rate: int = TARGET_SR, roots: Sequence[str] | None = None) -> np.ndarray:
-    """An audio reference -> mono float32 array at `sampling_rate`.
-
-    Accepts a path (str or PathLike), a dict with "path", or a dict with "array" and "sampling_rate"
-    (the Hugging Face datasets Audio layout); a bare array is taken to be at `sampling_rate` already.
-    With `roots`, a path is confined to them and decoded through this process's decode cache; without,
-    the caller vouches for the path (a file it chose itself) and it is decoded directly.
-    """
-    if isinstance(audio, dict) and audio.get("array") is None and audio.get("path"):
-        audio = audio["path"]
-    if isinstance(audio, (str, os.PathLike)):
-        if roots is not None:
-            return CACHE.load(confine(audio, roots), sampling_rate)
-        return load_audio(audio, sampling_rate)
-    if isinstance(audio, dict):
-        if audio.get("array") is not None:
-            if audio.get("sampling_rate") is None:
-                raise AudioError(audio.get("path") or "<array>", "audio array given without 'sampling_rate'")
-            return resample(audio["array"], int(audio["sampling_rate"]), sampling_rate, audio.get("path") or "<array>")
-        raise TypeError(f"audio dict needs 'path' or 'array' + 'sampling_rate', got keys {sorted(audio)}")
-    if isinstance(audio, np.ndarray) or hasattr(audio, "numpy"):  # numpy array or torch tensor
-        data = audio.numpy() if hasattr(audio, "numpy") else audio
-        return resample(data, sampling_rate, sampling_rate)
-    raise TypeError(f"unsupported audio reference of type {type(audio).__name__}: {audio!r:.80}")
 
 
 class AudioRLHFDataset(RLHFDataset):

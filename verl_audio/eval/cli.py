@@ -39,7 +39,7 @@ PREDICTION_SETTINGS = ("model", "backend", "task", "n", "temperature", "top_p", 
 
 
 def _load_prompt(item: EvalItem) -> Prompt:
-    from verl_audio.data.rl_dataset import to_array
+    from verl_audio.data.decode import to_array
     from verl_audio.models.audio_features import SAMPLING_RATE
 
     return Prompt(item.prompt, [to_array(path, SAMPLING_RATE) for path in item.audios])
@@ -72,7 +72,7 @@ def evaluate_batch(items: list[EvalItem], backend: Backend, sampling: Sampling,
                    speech: Callable[[], Any] | None = None, asr: dict[str, Any] | None = None) -> list[ItemScore]:
     """Score ``items`` (module doc); ``speech()`` gives the synthesizer, or a str saying why there is none."""
     from verl_audio.data.audio import AudioError
-    from verl_audio.eval.speech import SpeechRequest, transcribe_and_score
+    from verl_audio.eval.speech import transcribe_and_score
 
     scores = [ItemScore(key=i.key, id=i.id, group=i.group, error=i.error) for i in items]
     ready, prompts = [], []
@@ -101,18 +101,22 @@ def evaluate_batch(items: list[EvalItem], backend: Backend, sampling: Sampling,
             to_speak.extend((s, prompt, r) for s, r in zip(samples, out, strict=True))
     if to_speak:
         synth = speech() if speech is not None else "no speech synthesizer"
-        spoken: list[tuple[SampleScore, tuple]] = []
-        for sample, prompt, response in to_speak:
-            if response.audio is not None:
-                spoken.append((sample, response.audio))
-            elif isinstance(synth, str):
+        spoken: list[tuple[SampleScore, tuple]] = [(s, r.audio) for s, _, r in to_speak if r.audio is not None]
+        todo = [(s, p, r) for s, p, r in to_speak if r.audio is None]
+        if todo and isinstance(synth, str):
+            for sample, _, _ in todo:
                 sample.speech_error = f"no speech: {synth}"
-            else:
-                try:
-                    (wave,) = synth.speak([SpeechRequest(prompt, response.token_ids)])
-                    spoken.append((sample, wave))
-                except Exception as err:  # noqa: BLE001 - listed per sample, the text is still scored
-                    sample.speech_error = f"speech failed: {type(err).__name__}: {err}"
+        elif todo:
+            try:  # the batch's answers in one stage call; if it fails, each alone, so one failure is its own
+                waves = synth.speak([(p, r.token_ids) for _, p, r in todo])
+                spoken.extend((s, w) for (s, _, _), w in zip(todo, waves, strict=True))
+            except Exception:  # noqa: BLE001 - retried one by one below
+                for sample, prompt, response in todo:
+                    try:
+                        (wave,) = synth.speak([(prompt, response.token_ids)])
+                        spoken.append((sample, wave))
+                    except Exception as err:  # noqa: BLE001 - listed per sample, the text is still scored
+                        sample.speech_error = f"speech failed: {type(err).__name__}: {err}"
         try:
             transcribe_and_score([s for s, _ in spoken], [w for _, w in spoken], **(asr or {}))
         except Exception as err:  # noqa: BLE001 - an ASR failure loses the WER, not the run
@@ -181,13 +185,14 @@ def _speech_factory(model: str, backend: Backend, device: str, seed: int, max_to
 
     def get() -> Any:
         if not made:
-            from verl_audio.eval.speech import OmniTalkerSpeech, has_talker
+            from verl_audio.eval.speech import EvalSpeech
+            from verl_audio.speech.talker import missing_speech_parts
 
-            if not has_talker(model):
-                made.append(f"{model} has no talker / token2wav weights")
+            missing = missing_speech_parts(model)
+            if missing:
+                made.append(f"{model} has no talker (it lacks {', '.join(missing)})")
             else:
-                made.append(OmniTalkerSpeech(model, backend.processor, device=device, seed=seed,
-                                              max_speech_tokens=max_tokens))
+                made.append(EvalSpeech(model, backend, device=device, seed=seed, max_speech_tokens=max_tokens))
         return made[0]
 
     return get

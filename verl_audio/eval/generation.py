@@ -2,19 +2,20 @@
 
 A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]`` (``Backend``). Two exist:
 
-* ``hf``: the ``hf`` rollout's generator (``verl_audio.rollout.engine.OmniGenerator``) with the rollout's
+* ``hf``: the ``hf`` rollout's generator (``verl_audio.rollout.hf.engine.OmniGenerator``) with the rollout's
   feature path (``AudioFeaturizer``) and sampling (``SamplingSpec``): the same prefill, positions, banned
   placeholder ids and sampling as the rollout's validation. Prompts are laid out as verl's
   ``RLHFDataset`` lays them out (``build_messages``) and decoded without special tokens, as verl's reward
   manager decodes them.
 * ``vllm``: offline ``vllm.LLM`` (vLLM's CPU build without a GPU) with the rollout's worker extension
-  (``verl_audio.rollout.vllm_worker``): the same banned ids (placeholders, ids past the tokenizer) and
+  (``verl_audio.rollout.vllm.worker``): the same banned ids (placeholders, ids past the tokenizer) and
   log-prob mode as the `vllm` rollout. Prompts go in as ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM
   expands the run itself and would expand pre-expanded ids again) with the clips as ``multi_modal_data``;
   the audio tokens vLLM ran with are checked against the clips' lengths for every prompt.
 
 A ``Response`` may carry the spoken answer (``audio``) when a backend produces speech itself; otherwise the
-CLI asks a speech synthesizer (``verl_audio.eval.speech``) for rows whose output is audio.
+CLI speaks rows whose output is audio with the training speech stage (``verl_audio.eval.speech.EvalSpeech``),
+over the backend's ``thinker`` when it has one.
 """
 
 from __future__ import annotations
@@ -109,15 +110,21 @@ class HFBackend:
         import torch
 
         from verl_audio.models.audio_features import load_omni_processor
-        from verl_audio.rollout.engine import OmniGenerator
         from verl_audio.rollout.features import AudioFeaturizer
+        from verl_audio.rollout.hf.engine import OmniGenerator
 
         self.processor = load_omni_processor(processor or model)
+        self.dtype = dtype
         self.generator = OmniGenerator(str(model), device=device, dtype=getattr(torch, dtype), seed=seed)
         self.featurizer = AudioFeaturizer(self.processor.feature_extractor, self.generator.audio_token_id)
 
+    @property
+    def thinker(self) -> Any:
+        """The generator's thinker, which the speech stage shares for spoken rows."""
+        return self.generator.model
+
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
-        from verl_audio.rollout.engine import GenRequest
+        from verl_audio.rollout.hf.engine import GenRequest
         from verl_audio.rollout.sampling import SamplingSpec
 
         requests = []
@@ -151,8 +158,8 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         from verl_audio.models.audio_features import load_omni_processor
-        from verl_audio.rollout.engine import tokenizer_size
-        from verl_audio.rollout.vllm_server import WORKER_EXTENSION
+        from verl_audio.models.token_ids import tokenizer_size
+        from verl_audio.rollout.vllm.server import WORKER_EXTENSION
 
         if current_platform.is_cpu():
             # vLLM's CPU build sizes its KV cache from this (else a fraction of all host memory); 1 GB as in training
@@ -160,6 +167,7 @@ class VLLMBackend:
 
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         self.processor = load_omni_processor(processor or model)
+        self.dtype = dtype
         self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
                        limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
                        enforce_eager=current_platform.is_cpu(), logprobs_mode="raw_logprobs",
@@ -168,7 +176,7 @@ class VLLMBackend:
 
         thinker = thinker_config(self.llm.llm_engine.model_config.hf_config)
         self.audio_token_id = int(thinker.audio_token_id)
-        # the rollout's bans after log-probs (vllm_worker adds the Omni placeholders), ids past the tokenizer
+        # the rollout's bans after log-probs (rollout.vllm.worker adds the Omni placeholders), ids past the tokenizer
         vocab = tokenizer_size(str(model), int(thinker.get_text_config().vocab_size))
         self.llm.collective_rpc("monkey_patch_model", kwargs={"vocab_size": vocab, "banned_token_ids": []})
 

@@ -1,10 +1,11 @@
-"""Spoken answers for rows whose output is audio: the speech hook, the Omni talker, and their WER.
+"""Spoken answers for rows whose output is audio: the training speech stage, and the WER of what it says.
 
-The hook is a ``SpeechSynthesizer``: given the prompt and the response tokens the thinker produced, it
-returns the waveform that says them. ``OmniTalkerSpeech`` is the one that exists: the checkpoint's own
-talker + token2wav through ``Qwen2_5OmniForConditionalGeneration.generate(return_audio=True)``, with the
-thinker held to the response already generated (forced decoding), so the speech says exactly the text that
-was scored. A backend that speaks by itself puts the waveform on ``Response.audio`` and no hook runs.
+``EvalSpeech`` speaks each response with ``verl_audio.speech.stage.SpeechStage``, the stage the rollout speaks
+with in training: the checkpoint's talker and token2wav conditioned on one thinker forward over prompt +
+response, so the speech says exactly the text that was scored. The thinker is the eval backend's own when it
+holds one (``hf``), so eval loads one model; a backend without one (``vllm``) gets a thinker loaded for the
+stage. Everything runs in the backend's dtype and device; every spoken answer draws its talker samples and
+token2wav noise from ``--seed``, so an answer's speech does not depend on which others were evaluated with it.
 
 WER: Whisper ASR through transformers (``reward_fns.speech_consistency.transcribe``: model id
 configurable, batched, CPU or CUDA) of each waveform, against the response text with the output
@@ -16,9 +17,8 @@ substitutions, deletions and insertions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -29,96 +29,49 @@ logger = logging.getLogger(__name__)
 _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
-@dataclass
-class SpeechRequest:
-    """What the hook gets: the prompt (as the backend saw it) and the response's token ids."""
+class EvalSpeech:
+    """The speech stage behind eval's spoken rows (module doc)."""
 
-    prompt: Any  # verl_audio.eval.generation.Prompt
-    token_ids: list[int]
-
-
-class SpeechSynthesizer(Protocol):
-    """Turns responses into speech: one (mono float32 waveform, sampling rate) per request."""
-
-    def speak(self, requests: list[SpeechRequest]) -> list[tuple[np.ndarray, int]]: ...
-
-
-def has_talker(model_dir: str | Path) -> bool:
-    """Whether the checkpoint holds talker and token2wav weights (an exported or full Omni checkpoint)."""
-    import json
-
-    from safetensors import safe_open
-
-    path = Path(model_dir)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        names = json.loads(index.read_text())["weight_map"].keys()
-    else:
-        names = []
-        for shard in sorted(path.glob("*.safetensors")):
-            with safe_open(str(shard), "pt") as f:
-                names.extend(f.keys())
-    return any(n.startswith("talker.") for n in names) and any(n.startswith("token2wav.") for n in names)
-
-
-class _ForceTokens:
-    """Logits processor that makes step t choose ``tokens[t]`` (the thinker replays a response)."""
-
-    def __init__(self, tokens: list[int], prompt_len: int) -> None:
-        self.tokens, self.prompt_len = tokens, prompt_len
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def __init__(self, model_dir: str | Path, backend: Any, *, device: str = "cpu", seed: int = 0,
+                 max_speech_tokens: int = 4096, speaker: str | None = None) -> None:
         import torch
 
-        step = input_ids.shape[1] - self.prompt_len
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.tokens[min(step, len(self.tokens) - 1)]] = 0.0
-        return forced
+        from verl_audio.models.token_ids import eos_token_ids
+        from verl_audio.rollout.features import AudioFeaturizer
+        from verl_audio.speech.config import SpeechOptions
+        from verl_audio.speech.stage import SpeechStage
+        from verl_audio.speech.talker import load_speech_modules
 
+        thinker = getattr(backend, "thinker", None)
+        owns = thinker is None
+        if owns:
+            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-class OmniTalkerSpeech:
-    """The checkpoint's talker speaking the given responses (module doc); one request at a time."""
+            from verl_audio.models.loading import load_part
+            from verl_audio.models.omni_config import NON_THINKER_PREFIXES
 
-    def __init__(self, model_dir: str | Path, processor: Any, *, device: str = "cpu", speaker: str | None = None,
-                 max_speech_tokens: int = 4096, seed: int = 0) -> None:
-        import torch
-        from transformers import Qwen2_5OmniForConditionalGeneration
+            dtype = getattr(torch, getattr(backend, "dtype", "float32"))
+            thinker = load_part(Qwen2_5OmniThinkerForConditionalGeneration, str(model_dir),
+                                other_parts=NON_THINKER_PREFIXES, dtype=dtype).eval().requires_grad_(False).to(device)
+        modules = load_speech_modules(model_dir, device=next(thinker.parameters()).device, dtype=thinker.dtype)
+        options = SpeechOptions(talker_max_new_tokens=max_speech_tokens, seed=seed,
+                                **({"speaker": speaker} if speaker else {}))
+        self.stage = SpeechStage(modules, thinker, options, eos_token_ids(thinker, str(model_dir)), owns_thinker=owns)
+        self.processor = backend.processor
+        self.featurizer = AudioFeaturizer(self.processor.feature_extractor, self.stage.audio_token_id)
 
-        self.model = Qwen2_5OmniForConditionalGeneration.from_pretrained(
-            str(model_dir), dtype=torch.float32, attn_implementation="sdpa", enable_audio_output=True
-        ).eval().to(device)
-        if not getattr(self.model, "has_talker", False):
-            raise ValueError(f"{model_dir}: the checkpoint has no talker, so it cannot speak")
-        self.processor, self.device, self.seed = processor, device, seed
-        self.speaker = speaker or next(iter(self.model.speaker_map))
-        self.max_speech_tokens = max_speech_tokens
-        self.rate = 24000  # token2wav's output rate
+    def speak(self, answers: list[tuple[Any, list[int]]]) -> list[tuple[np.ndarray, int]]:
+        """(waveform, rate) for each (``Prompt``, response token ids), spoken together in one stage call."""
+        from verl_audio.eval.generation import prompt_token_ids
+        from verl_audio.speech.stage import SpeechRequest
 
-    def speak(self, requests: list[SpeechRequest]) -> list[tuple[np.ndarray, int]]:
-        import torch
-        from transformers import LogitsProcessorList
-
-        from verl_audio.eval.generation import chat_text
-        from verl_audio.models.audio_features import SAMPLING_RATE
-
-        out = []
-        for req in requests:
-            if not req.token_ids:
-                out.append((np.zeros(0, np.float32), self.rate))
-                continue
-            audio = {"audio": req.prompt.audios, "sampling_rate": SAMPLING_RATE} if req.prompt.audios else {}
-            inputs = self.processor(text=[chat_text(self.processor, req.prompt)], return_tensors="pt", **audio)
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
-            force = _ForceTokens(req.token_ids, inputs["input_ids"].shape[1])
-            torch.manual_seed(self.seed)  # the talker samples; a fixed seed makes eval repeatable
-            with torch.inference_mode():
-                _, wave = self.model.generate(
-                    **inputs, speaker=self.speaker, thinker_max_new_tokens=len(req.token_ids), thinker_do_sample=False,
-                    thinker_logits_processor=LogitsProcessorList([force]),
-                    talker_max_new_tokens=self.max_speech_tokens,
-                )
-            out.append((wave.reshape(-1).float().cpu().numpy(), self.rate))
-        return out
+        options = self.stage.options
+        requests = []
+        for prompt, token_ids in answers:
+            ids = prompt_token_ids(self.processor, prompt)
+            clips = self.featurizer.prepare(ids, prompt.audios)
+            requests.append(SpeechRequest(ids, clips, list(token_ids), options.speaker, options.seed))
+        return [(r.waveform, r.sampling_rate) for r in self.stage.speak(requests)]
 
 
 def spoken_text(response: str) -> str:

@@ -10,8 +10,8 @@ anything else unexpected, missing or mismatched raises, naming the tensors.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 logger = logging.getLogger(__name__)

@@ -93,9 +93,6 @@ class OmniModelConfig(HFModelConfig):
         # processor patch the processor below would be None and audio prompts would become text prompts
         require_plugin("the model config of " + str(self.path))
         super().__post_init__()
-        if self.processor is None:
-            raise ValueError(f"{self.path}: no processor was loaded for this audio checkpoint; audio prompts "
-                             "would become text prompts")
         for key in ("freeze_audio_encoder", "freeze_vision_encoder"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"model.{key} must be a bool, got {getattr(self, key)!r}")
@@ -108,6 +105,9 @@ class OmniModelConfig(HFModelConfig):
                              f"{self.path} has model_type {checkpoint_type!r}")
         if self.model_type == "language_model":  # verl's default role: route to the Omni engine
             self.model_type = checkpoint_type
+        if self.load_tokenizer and self.processor is None:
+            raise ValueError(f"{self.path}: no processor was loaded for this audio checkpoint; audio prompts "
+                             "would become text prompts")
 
 
 def worker_model_config(model_config: Any) -> HFModelConfig:

@@ -7,7 +7,9 @@ output contract, so nothing is downloaded. Two layouts:
   tags ``<think> </think> <answer> </answer>`` as single (non-special) tokens, so that a policy trained
   from random init only has to learn a handful of ids.
 * ``qwen``: Qwen2.5's id layout: regular ids 0..151642 (the trained BPE followed by unreachable
-  ``<|reserved_N|>`` fillers), Qwen2.5-Omni's added tokens at their real ids 151643..151664.
+  ``<|reserved_N|>`` fillers), the family's added tokens at their real ids from 151643.
+
+The added tokens are Qwen2.5-Omni's unless a family passes its own (``verl_audio.models.families``).
 """
 
 from __future__ import annotations
@@ -116,8 +118,14 @@ def _train_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return dict(model["vocab"]), merges
 
 
-def build_tokenizer(vocab: Vocab = "small") -> Qwen2Tokenizer:
-    """Build the offline Qwen2 tokenizer for ``vocab`` ("small" or "qwen"); see the module docstring."""
+def build_tokenizer(vocab: Vocab = "small", added_tokens: tuple[tuple[str, bool], ...] = QWEN_OMNI_ADDED_TOKENS,
+                    named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
+    """Build the offline Qwen2 tokenizer for ``vocab`` ("small" or "qwen"); see the module docstring.
+
+    ``added_tokens`` (in id order, with their special flag) and ``named_tokens`` (the attributes a processor
+    reads, e.g. ``audio_token``) are the model family's: Qwen2.5-Omni's by default.
+    """
+    named_tokens = OMNI_NAMED_TOKENS if named_tokens is None else named_tokens
     if vocab not in ("small", "qwen"):
         raise ValueError(f"vocab must be 'small' or 'qwen', got {vocab!r}")
     bpe_vocab, merges = _train_bpe(480 if vocab == "small" else 1000)
@@ -129,7 +137,7 @@ def build_tokenizer(vocab: Vocab = "small") -> Qwen2Tokenizer:
         for i in range(len(ids), QWEN_FIRST_ADDED_ID):
             ids[f"<|reserved_{i}|>"] = i
     first_added = len(ids)
-    for offset, (token, _) in enumerate(QWEN_OMNI_ADDED_TOKENS):
+    for offset, (token, _) in enumerate(added_tokens):
         ids[token] = first_added + offset
     if vocab == "small":
         for tag in CONTRACT_TAGS:
@@ -141,22 +149,22 @@ def build_tokenizer(vocab: Vocab = "small") -> Qwen2Tokenizer:
         bos_token=None,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        extra_special_tokens=dict(OMNI_NAMED_TOKENS),
+        extra_special_tokens=dict(named_tokens),
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
     # the ids already exist in the vocab, so registering them as added tokens keeps those ids
-    added = [AddedToken(t, special=s, normalized=False) for t, s in QWEN_OMNI_ADDED_TOKENS]
+    added = [AddedToken(t, special=s, normalized=False) for t, s in added_tokens]
     if vocab == "small":
         added += [AddedToken(t, special=False, normalized=False) for t in CONTRACT_TAGS]
     tokenizer.add_tokens(added)
-    _check_layout(tokenizer, ids)
+    _check_layout(tokenizer, ids, added_tokens)
     return tokenizer
 
 
-def _check_layout(tokenizer: Qwen2Tokenizer, ids: dict[str, int]) -> None:
+def _check_layout(tokenizer: Qwen2Tokenizer, ids: dict[str, int], added_tokens: tuple[tuple[str, bool], ...]) -> None:
     """Fail loudly if the tokenizer did not keep the planned ids or special flags."""
-    for token, special in QWEN_OMNI_ADDED_TOKENS:
+    for token, special in added_tokens:
         got = tokenizer.convert_tokens_to_ids(token)
         if got != ids[token]:
             raise RuntimeError(f"{token} got id {got}, expected {ids[token]}")

@@ -1,15 +1,16 @@
-"""The speech stage: the rollout speaks its responses with the checkpoint's talker and token2wav.
+"""The speech stage: a generated response -> speech, with the checkpoint's talker and token2wav.
 
-For rows whose ``extra_info.output_modality`` is ``audio``. Pieces, in the order a response meets them:
+A layer the rollout and eval use, which uses neither (it imports only ``verl_audio.models``):
 
-* ``agent_loop.SpeakingAgentLoop``: after verl's single-turn generation, asks a speech server to speak
-  the response; the waveform goes to the rewards as ``extra_info["response_audio"]``.
-* ``endpoints``: which Ray actors speak (the `hf` rollout servers, or ``speech_server_<replica>``).
-* ``server.SpeechServer``: async ``speak`` with batching; hosted in the `hf` server (shared thinker)
-  or stand-alone (``StandaloneSpeechServer``: own thinker, ``update_weights`` from the actor).
-* ``stage.SpeechStage``: thinker forward -> talker conditioning -> codec tokens -> token2wav.
-* ``talker``: loads the frozen talker, token2wav and speakers; refuses thinker-only checkpoints.
-* ``config.SpeechOptions``: ``rollout.engine_kwargs.speech``.
-* ``setup.configure``: at start, from the data: speech on or off, checkpoint check, agent loop.
-* ``trainer_hook.SpeechTap``: metrics, validation samples, waveforms dropped before training.
+* ``stage.SpeechStage``: thinker forward -> talker conditioning -> codec tokens -> token2wav, for a batch of
+  ``stage.SpeechRequest`` (the one request type);
+* ``talker``: loads the frozen talker, token2wav and speakers; ``missing_speech_parts`` is the one check of
+  whether a checkpoint can speak;
+* ``config.SpeechOptions``: ``rollout.engine_kwargs.speech``, and ``SAMPLING_RATE``, token2wav's output rate.
+
+Who runs it: the rollout's speech service (``verl_audio.rollout.speech_server``: inside the `hf` server, or as
+``speech_server_<replica>`` beside vLLM; the agent loop ``verl_audio.rollout.agent_loop`` asks it for each
+audio-output row), and eval (``verl_audio.eval.speech.EvalSpeech``). The trainer decides at start whether a
+run speaks (``verl_audio.trainer.speech_setup``) and takes the waveforms out of the batch
+(``verl_audio.trainer.speech_tap``).
 """

@@ -2,7 +2,7 @@
 
 One place for every rollout backend: the `hf` server reads it next to ``engine_kwargs.hf``, and a
 speech server started beside another backend (vLLM) reads the same keys. ``enable`` is set by
-``verl_audio.speech.setup.configure`` from the data (any row with ``output_modality: audio``) unless given.
+``verl_audio.trainer.speech_setup.configure`` from the data (any row with ``output_modality: audio``) unless given.
 The talker defaults are those of ``Qwen2_5OmniForConditionalGeneration.generate``.
 """
 
@@ -84,3 +84,8 @@ class SpeechOptions(BaseConfig):
             "eos_token_id": list(self.talker_eos_token_ids),
             "repetition_penalty": self.talker_repetition_penalty,
         }
+
+
+def speech_enabled(engine_kwargs: Any) -> bool:
+    """Whether ``rollout.engine_kwargs.speech.enable`` is on."""
+    return bool(((engine_kwargs or {}).get("speech") or {}).get("enable"))

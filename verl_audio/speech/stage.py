@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from verl_audio.rollout.features import ClipFeatures, encode_clips
+from verl_audio.models.clips import ClipFeatures, encode_clips
 from verl_audio.speech.config import SAMPLING_RATE, SpeechOptions
 from verl_audio.speech.talker import NON_THINKER, SpeechModules
 

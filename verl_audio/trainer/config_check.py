@@ -24,7 +24,7 @@ def _builders(config: DictConfig) -> list[tuple[str, Callable[[], Any]]]:
     from verl.utils.config import omega_conf_to_dataclass
 
     from verl_audio.models.omni_engine import worker_model_config
-    from verl_audio.rollout.config import HFRolloutOptions
+    from verl_audio.rollout.hf.config import HFRolloutOptions
     from verl_audio.speech.config import SpeechOptions
 
     arr = config.actor_rollout_ref
@@ -41,7 +41,7 @@ def _builders(config: DictConfig) -> list[tuple[str, Callable[[], Any]]]:
         builders.append(("rollout.engine_kwargs.hf", lambda: HFRolloutOptions.from_engine_kwargs(rollout.engine_kwargs)))
     elif rollout.name == "vllm":
         def vllm_model_config() -> Any:
-            from verl_audio.rollout.vllm_server import server_model_config
+            from verl_audio.rollout.vllm.server import server_model_config
 
             return server_model_config(arr.model)
 

@@ -77,7 +77,7 @@ def prepare(config: DictConfig) -> Path:
     os.environ.update(env)
     cpu_mode.set_env_vars(config, env)
 
-    from verl_audio.speech.setup import configure as configure_speech
+    from verl_audio.trainer.speech_setup import configure as configure_speech
 
     configure_speech(config)  # speech stage on when rows ask for audio output; checks the checkpoint
     use_cpu, why = cpu_mode.wants_cpu(config)
@@ -172,6 +172,10 @@ def run(config: DictConfig) -> None:
         lines = cluster.join(config, address, cpu_mode=config.trainer.device == "cpu")
         logger.warning("verl-audio: cluster mode:\n  %s", "\n  ".join(lines))
     run_ppo(config, task_runner_class=AudioTaskRunner)
+    import ray
+
+    if ray.is_initialized():  # flushes the workers' last log lines now, so that the summary comes last
+        ray.shutdown()
     finish(config, out)
 
 

@@ -21,7 +21,7 @@
   audio), ``audio/clip_decodes`` (clips the rollout's agent-loop workers decoded for the step) and
   ``audio/check_decodes`` (decodes of the trainer's own checks of drawn rows); validation adds
   ``val-aux/bad_audio/skipped`` and ``val-aux/audio/clip_decodes``.
-* Speech (``verl_audio.speech.trainer_hook.SpeechTap``): after each generation the waveforms leave the
+* Speech (``verl_audio.trainer.speech_tap.SpeechTap``): after each generation the waveforms leave the
   batch; training steps get ``speech/*`` metrics and ``timing_s/speech``; validation writes samples.
 * A finished run stays finished: verl's ``fit`` increments the step before it checks for the last one,
   so rerunning a command whose newest checkpoint is already at ``total_training_steps`` would train (and
@@ -38,8 +38,8 @@ import numpy as np
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
-from verl_audio.eval.scoring import validation_metrics
 from verl_audio.data.decode_cache import take_decode_count
+from verl_audio.eval.scoring import validation_metrics
 from verl_audio.models.encoder_cache import METRIC_KEYS
 from verl_audio.trainer import metrics_log
 
@@ -127,7 +127,7 @@ class AudioPPOTrainer(RayPPOTrainer):
 
     def _tap_speech(self) -> None:
         """Route each generation through ``SpeechTap`` (waveforms leave the batch, speech metrics, samples)."""
-        from verl_audio.speech.trainer_hook import SpeechTap
+        from verl_audio.trainer.speech_tap import SpeechTap
 
         va = self.config.get("verl_audio", {}) or {}
         self.speech_tap = SpeechTap(self.tokenizer, va.get("output_dir"), va.get("val_samples_per_mode", 2),

@@ -7,6 +7,7 @@ ALR never writes the answer format the rules reward) it says so and points to th
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def summarize(config: Any, out: Path, checkpoint: Path | None, export: Path | No
         if path is not None and Path(path).exists():
             lines.append(f"  {name:<11} {path}")
     if reward_was_always_zero(steps):
-        lines.append(f"  note        {NO_REWARD_NOTE}")
+        lines.append(textwrap.fill(NO_REWARD_NOTE, width=110, initial_indent="  note        ",
+                                   subsequent_indent=" " * 14))
     lines.append("  next")
     if export is not None:
         data = config.data.val_files
