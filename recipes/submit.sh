@@ -33,7 +33,7 @@ RUNTIME_ENV=$(OUTPUTS="$OUTPUTS" "$PY" - <<'EOF'
 import json, os
 env_vars = {"OUTPUTS": os.environ["OUTPUTS"], "PYTHON": os.environ.get("CLUSTER_PYTHON") or "python"}
 for key in ("PRESET", "EXPERIMENT", "MODEL_PATH", "DATA_DIR", "ROLLOUT", "INPUT_MODALITY", "OUTPUT_MODALITY",
-            "DRY_RUN"):
+            "MODEL_FAMILY", "LORA_RANK", "DRY_RUN"):
     if os.environ.get(key):
         env_vars[key] = os.environ[key]
 runtime_env = {

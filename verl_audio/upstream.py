@@ -93,10 +93,11 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.engine.fsdp.transformer_impl", "CPUOffloadPolicy", ("pin_memory",)),
     ("torch.distributed.fsdp", "CPUOffload", ("offload_params",)),
     ("verl.utils.tokenizer.continuous_token_wiring", "_MODEL_TYPE_TO_FAMILY", None),
+    ("verl.utils.tokenizer.continuous_token_wiring", "_is_multimodal_processor", ("processor",)),
     ("verl.utils.tokenizer.continuous_token_wiring", "ContinuousTokenModelFamily.VL_DEFAULT", None),
     ("verl.utils.tokenizer.continuous_token_wiring", "infer_continuous_token_model_family",
      ("hf_model_type", "has_multimodal_processor")),
-    # --- the Omni thinker engine (verl_audio.models.omni_engine) ---
+    # --- the audio engine (verl_audio.models.audio_engine) ---
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_module", ("self",)),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.initialize", ("self",)),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.save_checkpoint",
@@ -113,6 +114,15 @@ REQUIRED: list[Requirement] = [
     ("verl.utils.torch_dtypes", "PrecisionType.to_dtype", ("precision",)),
     # multi_modal_inputs are merged per micro-batch by this; audio keys are padded on the last dim
     ("verl.utils.model", "extract_multi_modal_inputs", ("batch_data", "indices")),
+    # LoRA: the engine checks peft's wrapping and streams merged weights with verl's helpers (verl_audio.models.lora)
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_lora_module", ("self", "module")),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._merged_lora_per_tensor_param", ("self",)),
+    ("verl.utils.fsdp_utils", "merged_lora_context", ("actor", "backup_adapters")),
+    ("verl.utils.fsdp_utils", "normalize_peft_param_name", ("params",)),
+    ("verl.utils.model", "convert_weight_keys", ("state_dict", "model")),
+    ("verl.workers.config", "HFModelConfig",
+     ("lora_rank", "lora_alpha", "target_modules", "exclude_modules", "lora", "lora_adapter_path")),
+    ("peft", "inject_adapter_in_model", ("peft_config", "model", "adapter_name")),
     ("verl.utils.model", "_VARLEN_MULTI_MODAL_KEYS", None),
     ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained",
      ("pretrained_model_name_or_path",)),
@@ -123,7 +133,7 @@ REQUIRED: list[Requirement] = [
       "audio_seqlens")),
     ("transformers", "Qwen2_5OmniThinkerForConditionalGeneration.gradient_checkpointing_enable",
      ("self", "gradient_checkpointing_kwargs")),
-    # --- the Omni processor verl gets (verl_audio.models.omni_processor, patches.patch_omni_hf_processor) ---
+    # --- the Omni processor verl gets (verl_audio.models.omni_processor, patches.patch_audio_hf_processor) ---
     ("verl.utils.tokenizer.tokenizer", "hf_processor", ("name_or_path",)),
     # the by-name imports the patch rebinds
     ("verl.utils", "hf_processor", None),
@@ -155,17 +165,7 @@ REQUIRED: list[Requirement] = [
     ("transformers.models.qwen2_5_omni.modeling_qwen2_5_omni",
      "Qwen2_5OmniPreTrainedModelForConditionalGeneration.get_chunked_index",
      ("self", "token_indices", "tokens_per_chunk", "remove_index")),
-    # --- export (verl_audio.models.export): verl's FSDP merge steps and checkpoint layout ---
-    ("verl.model_merger.base_model_merger", "ModelMergerConfig",
-     ("operation", "backend", "target_dir", "local_dir", "hf_model_config_path")),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._get_world_size", ("self",)),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._load_rank_zero_state_dict", ("self", "world_size")),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._extract_device_mesh_info",
-     ("self", "state_dict", "world_size")),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._calculate_shard_configuration",
-     ("self", "mesh", "mesh_dim_names")),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._load_and_merge_state_dicts",
-     ("self", "world_size", "total_shards", "mesh_shape", "mesh_dim_names")),
+    # --- export (verl_audio.models.export): verl's checkpoint layout ---
     ("verl.utils.checkpoint.fsdp_checkpoint_manager", "FSDPCheckpointManager.save_checkpoint",
      ("self", "local_path", "hdfs_path", "global_step")),
     ("transformers", "Qwen2_5OmniForConditionalGeneration.load_speakers", ("self", "path")),
@@ -204,6 +204,8 @@ REQUIRED: list[Requirement] = [
     ("verl.workers.rollout.base", "_ROLLOUT_REGISTRY", None),
     ("verl.workers.rollout.base", "get_rollout_class", ("rollout_name", "mode")),
     # --- the vllm backend (verl_audio.rollout.vllm.server, .worker) ---
+    ("vllm.model_executor.models.utils", "WeightsMapper.get_rename_mapper", ("self",)),
+    ("verl.utils.vllm.utils", "TensorLoRARequest", None),
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMReplica.__init__",
      ("self", "replica_rank", "config", "model_config", "gpus_per_node")),
     ("verl.workers.rollout.vllm_rollout.vllm_async_server", "vLLMHttpServer._init_model_config",
@@ -294,11 +296,13 @@ PINNED: list[tuple[str, str, str, str]] = [
     ("verl.trainer.main_ppo_v0", "TaskRunner.__ray_metadata__.modified_class.run", "ab5732c11482568f",
      "verl_audio.trainer.task_runner.AudioTaskRunner.run is this body with the trainer class swapped"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead._build_module", "2167e48c755ac1ae",
-     "verl_audio.models.omni_engine builds the module the way this does, for the Omni thinker"),
+     "verl_audio.models.audio_engine builds the module the way this does, for each family's trainable part"),
     ("verl.utils.tracking", "FileLogger.__init__", "1b1c3fe4219f7a52",
      "patches.patch_file_logger_append sets the same fields, opening the file for appending"),
-    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger.merge_and_save", "403423c776c7d0bd",
-     "verl_audio.models.export runs its steps up to, not including, save_hf_model_and_tokenizer"),
+    ("verl.model_merger.fsdp_model_merger", "FSDPModelMerger._load_and_merge_state_dicts", "3eb16da46b05ef8c",
+     "verl_audio.models.export.merge_fsdp_shards reads the shard layout this reads (without its bf16 cast)"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._merged_lora_per_tensor_param", "ec2f952780e79c06",
+     "verl_audio.models.audio_engine overrides it with the same steps, keeping the actor's dtype"),
     ("verl.utils.dataset.rl_dataset", "RLHFDataset.maybe_filter_out_long_prompts", "61ef61a096283c2c",
      "verl_audio.data.rl_dataset computes prompt lengths as its doc2len does"),
 ]

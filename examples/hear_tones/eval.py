@@ -1,11 +1,11 @@
-"""Accuracy of a Qwen2.5-Omni checkpoint on the tone task, over a folder of labelled clips.
+"""Accuracy of an audio checkpoint (any model family) on the tone task, over a folder of labelled clips.
 
     python examples/hear_tones/eval.py --model DIR --audio-dir DIR [--max-new-tokens 1] [--batch-size 50]
                                        [--processor DIR] [--show N]
 
 ``--model`` is an exported checkpoint (``verl_audio.models.export``, ``hf_export/`` of a training run) or a
 verl checkpoint's ``huggingface/`` folder saved with weights (``checkpoint.save_contents`` holding
-``hf_model``): anything ``Qwen2_5OmniThinkerForConditionalGeneration`` loads.
+``hf_model``): a checkpoint of any family of ``verl_audio.models.families``.
 The processor comes from the same folder unless ``--processor`` names another. Every ``*.wav`` in
 ``--audio-dir`` whose name starts with ``high_`` or ``low_`` is scored (other files are ignored).
 
@@ -88,17 +88,17 @@ def evaluate(
 ) -> list[ClipResult]:
     """Greedy answers of ``model`` for every labelled clip of ``audio_dir`` (module doc)."""
     from verl_audio.data.confine import load_confined_audio
-    from verl_audio.models.audio_features import SAMPLING_RATE, load_omni_processor
+    from verl_audio.models.audio_features import SAMPLING_RATE
     from verl_audio.rollout.features import AudioFeaturizer
-    from verl_audio.rollout.hf.engine import GenRequest, OmniGenerator
+    from verl_audio.rollout.hf.engine import AudioGenerator, GenRequest
     from verl_audio.rollout.sampling import SamplingSpec
 
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError("--max-new-tokens and --batch-size must be positive")
     clips = labelled_clips(audio_dir)
-    processor = load_omni_processor(processor_dir or model)
-    generator = OmniGenerator(str(model))
-    featurizer = AudioFeaturizer(processor.feature_extractor, generator.audio_token_id)
+    generator = AudioGenerator(str(model))
+    processor = generator.family.load_processor(processor_dir or model)
+    featurizer = AudioFeaturizer(generator.family, processor.feature_extractor, generator.audio_token_id)
     greedy = SamplingSpec(max_tokens=max_new_tokens, temperature=0.0)
     results = []
     for start in range(0, len(clips), batch_size):
@@ -129,7 +129,7 @@ def report(results: list[ClipResult], show: int = 0) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="exported Omni checkpoint or a verl checkpoint's huggingface/")
+    parser.add_argument("--model", required=True, help="exported checkpoint or a verl checkpoint's huggingface/")
     parser.add_argument("--audio-dir", required=True, help="folder of high_*.wav / low_*.wav clips")
     parser.add_argument("--processor", default=None, help="processor folder (default: --model)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,

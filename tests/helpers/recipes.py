@@ -11,14 +11,15 @@ from pathlib import Path
 from helpers.paths import RECIPE, REPO
 
 EXPERIMENT = "e2e"
-TIMEOUT_S = 600
+TIMEOUT_S = 900
 
 
-def run_recipe(outputs: Path, *overrides: str, timeout: float = TIMEOUT_S,
-               rollout: str = "hf") -> subprocess.CompletedProcess:
-    """Run the tiny preset with extra overrides; the output folder is ``outputs/e2e``."""
+def run_recipe(outputs: Path, *overrides: str, timeout: float = TIMEOUT_S, rollout: str = "hf",
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the tiny preset with extra overrides (``env``: more recipe variables); the output folder is
+    ``outputs/e2e``."""
     env = {**os.environ, "PRESET": "tiny", "OUTPUTS": str(outputs), "EXPERIMENT": EXPERIMENT,
-           "PYTHON": sys.executable, "RAY_DEDUP_LOGS": "0", "ROLLOUT": rollout}
+           "PYTHON": sys.executable, "RAY_DEDUP_LOGS": "0", "ROLLOUT": rollout, **(env or {})}
     return subprocess.run(["bash", str(RECIPE), *overrides], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

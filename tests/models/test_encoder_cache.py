@@ -13,6 +13,7 @@ import torch
 
 from verl_audio.content_cache import LRUCache
 from verl_audio.models.encoder_cache import CachedAudioFeatures, EncoderStats, install, tensor_digest
+from verl_audio.models.families import QWEN2_5_OMNI
 from verl_audio.models.tiny import build_tiny_omni
 
 #: seconds; the first two are over one encoder window (2 s), the third is under it
@@ -62,7 +63,7 @@ def _logits(thinker, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def _cached(thinker, capacity: int = 8, identity: str = "w") -> tuple[CachedAudioFeatures, EncoderStats]:
     stats = EncoderStats()
     original = type(thinker).get_audio_features.__get__(thinker)
-    wrapper = CachedAudioFeatures(thinker, original, LRUCache(capacity), lambda: identity, stats=stats)
+    wrapper = CachedAudioFeatures(QWEN2_5_OMNI, thinker, original, LRUCache(capacity), lambda: identity, stats=stats)
     thinker.get_audio_features = wrapper
     return wrapper, stats
 
@@ -122,7 +123,7 @@ def test_entries_belong_to_one_encoder_identity(omni: Path, thinker) -> None:
     identity = {"value": "a"}
     stats = EncoderStats()
     original = type(thinker).get_audio_features.__get__(thinker)
-    thinker.get_audio_features = CachedAudioFeatures(thinker, original, LRUCache(8), lambda: identity["value"],
+    thinker.get_audio_features = CachedAudioFeatures(QWEN2_5_OMNI, thinker, original, LRUCache(8), lambda: identity["value"],
                                                      stats=stats)
     _logits(thinker, batch)
     identity["value"] = "b"
@@ -146,7 +147,7 @@ def test_install_with_size_zero_encodes_every_clip(omni: Path, thinker) -> None:
 
     batch = _batch(omni, _clips(), order=[0, 0])
     reference = _logits(thinker, batch)
-    wrapper = install(thinker, 0, lambda: "w")
+    wrapper = install(QWEN2_5_OMNI, thinker, 0, lambda: "w")
     assert wrapper.cache is None
     before = encoder_cache.STATS.snapshot()
     assert torch.equal(_logits(thinker, batch), reference)

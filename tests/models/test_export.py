@@ -117,12 +117,12 @@ def _check_export(out: Path, base: Path, expected_thinker: dict[str, torch.Tenso
 @pytest.mark.parametrize("strategy,world_size",
                          [("fsdp", 1), ("fsdp2", 1), ("fsdp2", 2), pytest.param("fsdp", 2, marks=pytest.mark.slow)])
 def test_export_sharded_checkpoint(base: Path, tmp_path: Path, strategy: str, world_size: int) -> None:
-    from verl_audio.models.export import export_omni
+    from verl_audio.models.export import export_model
 
     ckpt = write_checkpoint(base, tmp_path / "actor", strategy=strategy, world_size=world_size)
     assert len(list(ckpt.glob("model_world_size_*_rank_*.pt"))) == world_size
-    summary = export_omni(ckpt, base, tmp_path / "out")
-    assert summary["thinker_tensors"] == 88 and summary["files"] == 1
+    summary = export_model(ckpt, base, tmp_path / "out")
+    assert summary["trained_tensors"] == 88 and summary["files"] == 1
     changed = _check_export(tmp_path / "out", base, merged_by_hand(ckpt))
     assert len(changed) == 88  # every weight moved in the "training" step, and the export has them all
 
@@ -130,11 +130,11 @@ def test_export_sharded_checkpoint(base: Path, tmp_path: Path, strategy: str, wo
 @pytest.mark.parametrize("strategy,world_size", [("fsdp2", 1), pytest.param("fsdp", 2, marks=pytest.mark.slow)])
 def test_export_verl_engine_checkpoint(base: Path, tmp_path: Path, strategy: str, world_size: int) -> None:
     """A checkpoint from verl's TrainingWorker with the Omni thinker engine after one PPO step."""
-    from helpers.omni_engine_run import make_actor_checkpoint
-    from verl_audio.models.export import export_omni
+    from helpers.engine_run import make_actor_checkpoint
+    from verl_audio.models.export import export_model
 
     ckpt = make_actor_checkpoint(base, tmp_path / "actor", strategy=strategy, world_size=world_size)
-    export_omni(ckpt, base, tmp_path / "out")
+    export_model(ckpt, base, tmp_path / "out")
     changed = _check_export(tmp_path / "out", base, merged_by_hand(ckpt))
     assert any(name.startswith("thinker.model.layers.") for name in changed)  # the trained decoder
     assert not any(name.startswith("thinker.audio_tower.") for name in changed)  # frozen by default
@@ -171,21 +171,63 @@ def test_export_hf_model_folder_and_generate_audio(base: Path, tmp_path: Path) -
     assert wav.ndim == 1 and wav.numel() > 0 and torch.isfinite(wav).all()
 
 
+@pytest.mark.parametrize("family_name", ["qwen2_audio", "qwen3_omni"])
+def test_export_other_families(family_name: str, tmp_path: Path) -> None:
+    """A trained model's in-memory state (Qwen3's experts fused) -> the released names and layout, loads cleanly."""
+    from safetensors.torch import save_file
+
+    from verl_audio.models.export import export_model, verify_export
+    from verl_audio.models.families import family_named
+
+    family = family_named(family_name)
+    base = family.build_tiny(tmp_path / "base")
+    model = family.load_trainable(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    (tmp_path / "actor" / "huggingface").mkdir(parents=True)
+    save_file(state, tmp_path / "actor" / "huggingface" / "model.safetensors")
+    summary = export_model(tmp_path / "actor", base, tmp_path / "out")
+    verify_export(tmp_path / "out")
+    exported, original = read_safetensors(tmp_path / "out"), read_safetensors(base)
+    assert set(exported) == set(original) and summary["family"] == family_name
+    full = getattr(__import__("transformers"), family.full_class).from_pretrained(tmp_path / "out", dtype=torch.float32)
+    loaded = family.module(full, family.part_prefix.rstrip(".")) if family.part_prefix else full
+    for name, tensor in loaded.state_dict().items():  # the export loads back as the trained model
+        assert torch.equal(tensor, state[name].to(torch.bfloat16).float()), name
+
+
+class _NotAWeight:
+    """Stands for anything a pickle may carry besides tensors."""
+
+
 def test_export_refuses_what_it_cannot_do(base: Path, tmp_path: Path) -> None:
-    from verl_audio.models.export import export_omni
+    from verl_audio.models.export import export_model
 
     empty = tmp_path / "actor"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no model weights"):
-        export_omni(empty, base, tmp_path / "out")
-    (empty / "lora_train_meta.json").write_text("{}")
-    with pytest.raises(NotImplementedError, match="LoRA"):
-        export_omni(empty, base, tmp_path / "out")
+        export_model(empty, base, tmp_path / "out")
+    from safetensors.torch import save_file
+
+    (empty / "huggingface").mkdir()  # adapter tensors without verl's lora_train_meta.json (their rank and alpha)
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 4)},
+              empty / "huggingface" / "model.safetensors")
+    with pytest.raises(ValueError, match="lora_train_meta.json"):
+        export_model(empty, base, tmp_path / "out")
+    pickled = tmp_path / "pickled"  # a shard holding an arbitrary object is refused before anything runs
+    pickled.mkdir()
+    (pickled / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+    torch.save({"weight": torch.zeros(2), "payload": _NotAWeight()}, pickled / "model_world_size_1_rank_0.pt")
+    with pytest.raises(ValueError, match="weights_only"):
+        export_model(pickled, base, tmp_path / "out")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
     with pytest.raises(FileExistsError):
-        export_omni(empty, base, busy)
+        export_model(empty, base, busy)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["WRITE"]:

@@ -19,6 +19,7 @@ from verl_audio.models.audio_features import (
     load_omni_processor,
     whole_audio_feature_extractor,
 )
+from verl_audio.models.families import QWEN2_5_OMNI
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
@@ -105,7 +106,7 @@ def test_the_rollout_featurizer_keeps_one_cache(extractor) -> None:
     """AudioFeaturizer has its own per-clip LRU: it must not fill the extractor's cache as well."""
     from verl_audio.rollout.features import AudioFeaturizer
 
-    featurizer = AudioFeaturizer(extractor, audio_token_id=7)
+    featurizer = AudioFeaturizer(QWEN2_5_OMNI, extractor, audio_token_id=7)
     assert type(featurizer.feature_extractor) is WhisperFeatureExtractor
     assert featurizer.feature_extractor.to_dict() == extractor.to_dict()
     featurizer.clip(clip(1.0, 7))

@@ -24,9 +24,9 @@ from verl_audio.models.audio_features import (
     audio_frames,
     load_omni_processor,
 )
-from verl_audio.models.omni_processor import is_omni_checkpoint, omni_aware_hf_processor
+from verl_audio.models.families import QWEN2_5_OMNI, family_of_path
 from verl_audio.models.tiny import build_tiny_omni
-from verl_audio.patches import ORIGINAL_ATTR, patch_omni_hf_processor
+from verl_audio.patches import ORIGINAL_ATTR, audio_aware_hf_processor, patch_audio_hf_processor
 
 PROMPT_LENGTH, RESPONSE_LENGTH = 3000, 16
 
@@ -95,7 +95,7 @@ def test_non_omni_paths_go_to_verl_unchanged(tmp_path: Path) -> None:
         calls.append((name_or_path, kwargs))
         return None
 
-    wrapped = omni_aware_hf_processor(original)
+    wrapped = audio_aware_hf_processor(original)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     assert wrapped(str(tmp_path), trust_remote_code=True) is None
     assert wrapped("Qwen/Qwen2.5-Omni-3B") is None  # hub ids are verl's business
@@ -105,23 +105,21 @@ def test_non_omni_paths_go_to_verl_unchanged(tmp_path: Path) -> None:
 def test_patch_is_idempotent() -> None:
     from verl.utils import hf_processor
 
-    assert patch_omni_hf_processor() is True  # already applied by the plugin at import verl
+    assert patch_audio_hf_processor() is True  # already applied by the plugin at import verl
     from verl.utils import hf_processor as again
 
     assert again is hf_processor
 
 
-def test_is_omni_checkpoint(tmp_path: Path, tiny: Path) -> None:
-    assert is_omni_checkpoint(tiny)
+def test_family_of_omni_checkpoints(tmp_path: Path, tiny: Path) -> None:
+    assert family_of_path(tiny) is QWEN2_5_OMNI
     thinker = tmp_path / "thinker"
     thinker.mkdir()
     (thinker / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni_thinker"}))
-    assert is_omni_checkpoint(thinker)
-    processor_only = tmp_path / "processor"
-    processor_only.mkdir()
-    (processor_only / "preprocessor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5OmniProcessor"}))
-    assert is_omni_checkpoint(processor_only)
-    assert not is_omni_checkpoint(tmp_path / "missing")
+    assert family_of_path(thinker) is QWEN2_5_OMNI
+    assert family_of_path(tmp_path / "missing") is None
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert family_of_path(tmp_path) is None
 
 
 def test_omni_checkpoint_errors_are_raised_not_swallowed(tmp_path: Path) -> None:
@@ -212,7 +210,7 @@ def _rollout_clips(processor, prompt_ids: list[int], audios: list[np.ndarray]):
     """The rollout server's features for a request (``AudioFeaturizer.prepare``, which checks the placeholders)."""
     from verl_audio.rollout.features import AudioFeaturizer
 
-    featurizer = AudioFeaturizer(processor.feature_extractor, processor.config.thinker_config.audio_token_id)
+    featurizer = AudioFeaturizer(QWEN2_5_OMNI, processor.feature_extractor, processor.config.thinker_config.audio_token_id)
     return featurizer.prepare(prompt_ids, audios, SAMPLING_RATE)
 
 

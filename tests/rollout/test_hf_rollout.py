@@ -16,10 +16,11 @@ from verl.workers.config import RolloutConfig
 from verl.workers.config.rollout import CheckpointEngineConfig
 
 from verl_audio.models.audio_features import load_omni_processor
+from verl_audio.models.families import QWEN2_5_OMNI
 from verl_audio.models.tiny import build_tiny_omni
 from verl_audio.rollout.features import AudioFeaturizer
 from verl_audio.rollout.hf.adapter import HFServerAdapter
-from verl_audio.rollout.hf.engine import GenRequest, OmniGenerator, placeholder_token_ids
+from verl_audio.rollout.hf.engine import AudioGenerator, GenRequest
 from verl_audio.rollout.hf.server import HFRolloutServer
 from verl_audio.rollout.sampling import SamplingSpec
 
@@ -187,11 +188,11 @@ def test_placeholder_ids_are_never_sampled(ckpt: Path, processor, prompts) -> No
     keys = ("audio_token_index", "image_token_index", "video_token_index", "audio_start_token_id",
             "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")
     placeholders = {thinker[k] for k in keys}
-    gen = OmniGenerator(str(ckpt))
+    gen = AudioGenerator(str(ckpt))
     vocab = gen.model.lm_head.out_features
     past_tokenizer = set(range(len(processor.tokenizer), vocab))
     assert past_tokenizer  # the small vocabulary reserves rows past its tokenizer
-    assert placeholders == placeholder_token_ids(gen.model.config, vocab)
+    assert placeholders == QWEN2_5_OMNI.placeholder_ids(gen.model.config, processor.tokenizer, vocab)
     assert gen.banned_ids == placeholders | past_tokenizer
     audio_id, image_id = thinker["audio_token_index"], thinker["image_token_index"]
     head = gen.model.lm_head
@@ -202,7 +203,7 @@ def test_placeholder_ids_are_never_sampled(ckpt: Path, processor, prompts) -> No
         biased.bias[audio_id], biased.bias[image_id] = 40.0, 30.0
     gen.model.lm_head = biased
 
-    featurizer = AudioFeaturizer(processor.feature_extractor, gen.audio_token_id)
+    featurizer = AudioFeaturizer(QWEN2_5_OMNI, processor.feature_extractor, gen.audio_token_id)
     requests = []
     for prompt in prompts:
         clips = featurizer.prepare(prompt[0], [prompt[1]])
@@ -309,7 +310,7 @@ class _ModelConfig:
 def test_weight_update_makes_generation_follow_new_weights(server, ckpt, tmp_path, prompts, loop, monkeypatch) -> None:
     other = build_tiny_omni(tmp_path / "other", seed=1)
     new_weights = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(other, dtype=torch.float32).state_dict()
-    reference = OmniGenerator(other)
+    reference = AudioGenerator(other)
     old = loop.run_until_complete(generate(server, prompts[1], **GREEDY))
 
     config = rollout_config(checkpoint_engine=CheckpointEngineConfig(update_weights_bucket_megabytes=0))

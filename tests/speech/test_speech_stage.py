@@ -18,7 +18,7 @@ from verl_audio.rollout.features import AudioFeaturizer
 from verl_audio.rollout.hf.server import HFRolloutServer
 from verl_audio.rollout.speech_server import StandaloneSpeechServer
 from verl_audio.speech.config import SAMPLING_RATE, SpeechOptions
-from verl_audio.speech.stage import SpeechRequest, SpeechStage
+from verl_audio.speech.stage import SPEAKING_FAMILY, SpeechRequest, SpeechStage
 from verl_audio.speech.talker import MissingSpeechWeights, load_speech_modules, require_speech_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -87,7 +87,7 @@ def as_spoken(response: list[int], eos: set[int]) -> list[int]:
 
 def test_waveform_equals_transformers_generate_with_audio_prompt(omni, ckpt: Path, processor) -> None:
     stage = stage_for(omni, ckpt)
-    featurizer = AudioFeaturizer(processor.feature_extractor, stage.audio_token_id)
+    featurizer = AudioFeaturizer(SPEAKING_FAMILY, processor.feature_extractor, stage.audio_token_id)
     for seconds, seed, speaker in ((1.0, 3, "Ethan"), (0.6, 11, "Chelsie")):
         prompt = audio_prompt(processor, seconds, seed)
         response, wav = generate_reference(omni, prompt, seed, speaker)
@@ -100,7 +100,7 @@ def test_waveform_equals_transformers_generate_with_audio_prompt(omni, ckpt: Pat
 
 def test_batched_equals_one_at_a_time_and_speaker_matters(omni, ckpt: Path, processor) -> None:
     stage = stage_for(omni, ckpt)
-    featurizer = AudioFeaturizer(processor.feature_extractor, stage.audio_token_id)
+    featurizer = AudioFeaturizer(SPEAKING_FAMILY, processor.feature_extractor, stage.audio_token_id)
     eos = min(stage.eos_ids)
     reqs = []
     for i, (seconds, resp) in enumerate(((1.2, [40, 41, 42, 43, 44, 45, 46, eos]), (0.4, [50, 51, eos]),
@@ -222,7 +222,7 @@ def test_eval_speaks_with_the_training_stage_and_the_backends_thinker(ckpt: Path
     options = SpeechOptions(speaker="Ethan", seed=5, talker_max_new_tokens=GREEDY_TALKER["talker_max_new_tokens"])
     stage = SpeechStage(load_speech_modules(ckpt), thinker, options, eos_token_ids(thinker, str(ckpt)))
     ids = prompt_token_ids(processor, prompt)
-    clips = AudioFeaturizer(processor.feature_extractor, stage.audio_token_id).prepare(ids, prompt.audios, SR)
+    clips = AudioFeaturizer(SPEAKING_FAMILY, processor.feature_extractor, stage.audio_token_id).prepare(ids, prompt.audios, SR)
     (ref,) = stage.speak([SpeechRequest(ids, clips, response, "Ethan", 5)])
     assert rate == ref.sampling_rate == SAMPLING_RATE and wave.size > 0
     np.testing.assert_array_equal(wave, ref.waveform)

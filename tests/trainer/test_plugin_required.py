@@ -91,8 +91,8 @@ def test_unsupported_release_with_the_opt_in_applies_them_with_a_warning() -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "active after import: True" in result.stdout
     applied = result.stdout.split("applied:")[1]
-    for name in ("omni_hf_processor", "file_logger_append", "packed_position_ids"):  # correctness: applied
+    for name in ("audio_hf_processor", "file_logger_append", "packed_position_ids"):  # correctness: applied
         assert name in applied
-    for name in ("cpu_process_group_backend", "omni_continuous_token_family"):  # optional: skipped
+    for name in ("cpu_process_group_backend", "audio_continuous_token_family"):  # optional: skipped
         assert name not in applied
     assert "which it was not written for" in result.stderr and "optional patch" in result.stderr

@@ -188,8 +188,11 @@ def _speech_factory(model: str, backend: Backend, device: str, seed: int, max_to
             from verl_audio.eval.speech import EvalSpeech
             from verl_audio.speech.talker import missing_speech_parts
 
+            family = getattr(backend, "family", None)
             missing = missing_speech_parts(model)
-            if missing:
+            if family is not None and not family.can_speak:
+                made.append(f"{family.name} has no talker the speech stage drives (Qwen2.5-Omni only)")
+            elif missing:
                 made.append(f"{model} has no talker (it lacks {', '.join(missing)})")
             else:
                 made.append(EvalSpeech(model, backend, device=device, seed=seed, max_speech_tokens=max_tokens))

@@ -2,7 +2,7 @@
 
 A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]`` (``Backend``). Two exist:
 
-* ``hf``: the ``hf`` rollout's generator (``verl_audio.rollout.hf.engine.OmniGenerator``) with the rollout's
+* ``hf``: the ``hf`` rollout's generator (``verl_audio.rollout.hf.engine.AudioGenerator``) with the rollout's
   feature path (``AudioFeaturizer``) and sampling (``SamplingSpec``): the same prefill, positions, banned
   placeholder ids and sampling as the rollout's validation. Prompts are laid out as verl's
   ``RLHFDataset`` lays them out (``build_messages``) and decoded without special tokens, as verl's reward
@@ -109,14 +109,14 @@ class HFBackend:
                  seed: int = 0) -> None:
         import torch
 
-        from verl_audio.models.audio_features import load_omni_processor
         from verl_audio.rollout.features import AudioFeaturizer
-        from verl_audio.rollout.hf.engine import OmniGenerator
+        from verl_audio.rollout.hf.engine import AudioGenerator
 
-        self.processor = load_omni_processor(processor or model)
         self.dtype = dtype
-        self.generator = OmniGenerator(str(model), device=device, dtype=getattr(torch, dtype), seed=seed)
-        self.featurizer = AudioFeaturizer(self.processor.feature_extractor, self.generator.audio_token_id)
+        self.generator = AudioGenerator(str(model), device=device, dtype=getattr(torch, dtype), seed=seed)
+        self.family = self.generator.family
+        self.processor = self.family.load_processor(processor or model)
+        self.featurizer = AudioFeaturizer(self.family, self.processor.feature_extractor, self.generator.audio_token_id)
 
     @property
     def thinker(self) -> Any:
@@ -155,10 +155,10 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError as exc:
             raise ValueError(f"--backend vllm needs vLLM ({exc}); scripts/setup_env.sh installs it") from exc
+        from transformers import AutoConfig
         from vllm.platforms import current_platform
 
-        from verl_audio.models.audio_features import load_omni_processor
-        from verl_audio.models.token_ids import tokenizer_size
+        from verl_audio.models.families import family_of_config
         from verl_audio.rollout.vllm.server import WORKER_EXTENSION
 
         if current_platform.is_cpu():
@@ -166,36 +166,45 @@ class VLLMBackend:
             import os
 
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.processor = load_omni_processor(processor or model)
+        self.family = family_of_config(AutoConfig.from_pretrained(str(model)))
+        self.processor = self.family.load_processor(processor or model)
         self.dtype = dtype
         self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
                        limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
                        enforce_eager=current_platform.is_cpu(), logprobs_mode="raw_logprobs",
                        worker_extension_cls=WORKER_EXTENSION)
-        from verl_audio.models.omni_config import thinker_config
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.audio_token_id = self.family.audio_token_id(hf_config)
+        # the rollout's bans after log-probs: the worker extension adds the family's placeholders and the ids
+        # past the tokenizer
+        self.llm.collective_rpc("monkey_patch_model", kwargs={
+            "vocab_size": int(self.family.text_config(hf_config).vocab_size), "banned_token_ids": []})
 
-        thinker = thinker_config(self.llm.llm_engine.model_config.hf_config)
-        self.audio_token_id = int(thinker.audio_token_id)
-        # the rollout's bans after log-probs (rollout.vllm.worker adds the Omni placeholders), ids past the tokenizer
-        vocab = tokenizer_size(str(model), int(thinker.get_text_config().vocab_size))
-        self.llm.collective_rpc("monkey_patch_model", kwargs={"vocab_size": vocab, "banned_token_ids": []})
+    def _request(self, prompt: Prompt) -> dict[str, Any]:
+        """vLLM's input: the chat text with one placeholder per audio item (vLLM expands each itself); a family
+        that splits clips into windows sends the windows, with the prompt's segments repeated per window."""
+        from verl_audio.models.audio_features import SAMPLING_RATE
+        from verl_audio.rollout.vllm.server import collapse_runs
+
+        items = [(w, SAMPLING_RATE) for a in prompt.audios for w in self.family.windows(a)]
+        if not items:
+            return {"prompt": chat_text(self.processor, prompt)}
+        if len(items) == len(prompt.audios):
+            return {"prompt": chat_text(self.processor, prompt), "multi_modal_data": {"audio": items}}
+        ids = prompt_token_ids(self.processor, prompt)
+        return {"prompt_token_ids": collapse_runs(ids, self.audio_token_id), "multi_modal_data": {"audio": items}}
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[list[Response]]:
         from vllm import SamplingParams
 
-        from verl_audio.models.audio_features import SAMPLING_RATE, audio_tokens_for_samples
-
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_new_tokens, seed=sampling.seed)
-        inputs = [{"prompt": chat_text(self.processor, p),
-                   **({"multi_modal_data": {"audio": [(a, SAMPLING_RATE) for a in p.audios]}} if p.audios else {})}
-                  for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate([self._request(p) for p in prompts], params, use_tqdm=False)
         decode = self.processor.tokenizer.decode
         responses = []
         for prompt, out in zip(prompts, outputs, strict=True):
             used = sum(1 for t in out.prompt_token_ids if t == self.audio_token_id)
-            expected = sum(audio_tokens_for_samples(len(a)) for a in prompt.audios)
+            expected = sum(self.family.clip_tokens(len(a)) for a in prompt.audios)
             if used != expected:
                 raise ValueError(f"vLLM used {used} audio tokens for clips that call for {expected}")
             responses.append([Response(decode(c.token_ids, skip_special_tokens=True), list(c.token_ids),

@@ -39,26 +39,20 @@ class EvalSpeech:
         from verl_audio.models.token_ids import eos_token_ids
         from verl_audio.rollout.features import AudioFeaturizer
         from verl_audio.speech.config import SpeechOptions
-        from verl_audio.speech.stage import SpeechStage
+        from verl_audio.speech.stage import SPEAKING_FAMILY, SpeechStage
         from verl_audio.speech.talker import load_speech_modules
 
         thinker = getattr(backend, "thinker", None)
         owns = thinker is None
         if owns:
-            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-
-            from verl_audio.models.loading import load_part
-            from verl_audio.models.omni_config import NON_THINKER_PREFIXES
-
             dtype = getattr(torch, getattr(backend, "dtype", "float32"))
-            thinker = load_part(Qwen2_5OmniThinkerForConditionalGeneration, str(model_dir),
-                                other_parts=NON_THINKER_PREFIXES, dtype=dtype).eval().requires_grad_(False).to(device)
+            thinker = SPEAKING_FAMILY.load_trainable(model_dir, dtype=dtype).eval().requires_grad_(False).to(device)
         modules = load_speech_modules(model_dir, device=next(thinker.parameters()).device, dtype=thinker.dtype)
         options = SpeechOptions(talker_max_new_tokens=max_speech_tokens, seed=seed,
                                 **({"speaker": speaker} if speaker else {}))
         self.stage = SpeechStage(modules, thinker, options, eos_token_ids(thinker, str(model_dir)), owns_thinker=owns)
         self.processor = backend.processor
-        self.featurizer = AudioFeaturizer(self.processor.feature_extractor, self.stage.audio_token_id)
+        self.featurizer = AudioFeaturizer(SPEAKING_FAMILY, self.processor.feature_extractor, self.stage.audio_token_id)
 
     def speak(self, answers: list[tuple[Any, list[int]]]) -> list[tuple[np.ndarray, int]]:
         """(waveform, rate) for each (``Prompt``, response token ids), spoken together in one stage call."""

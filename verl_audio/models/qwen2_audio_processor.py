@@ -91,9 +91,16 @@ class WindowedQwen2AudioProcessor(Qwen2AudioProcessor):
             raise ValueError(f"{found} audio segments in the prompt for {len(clips)} clips ({len(flat)} windows)")
         kwargs.pop("sampling_rate", None)
         audio_kwargs = {**(kwargs.pop("audio_kwargs", None) or {}), "truncation": False}
-        out = super().__call__(text=texts, audio=flat, sampling_rate=SAMPLING_RATE, audio_kwargs=audio_kwargs,
-                               **kwargs)
-        return out
+        if found == 0:  # the stock processor refuses audio without segments: the text alone, the features beside
+            out = self.tokenizer(texts, **{k: v for k, v in kwargs.items() if k in ("return_tensors", "padding")})
+            features = self.feature_extractor(flat, sampling_rate=SAMPLING_RATE, padding="max_length",
+                                              return_attention_mask=True, return_tensors=kwargs.get("return_tensors"),
+                                              **audio_kwargs)
+            out["input_features"] = features["input_features"]
+            out["feature_attention_mask"] = features["attention_mask"]
+            return out
+        return super().__call__(text=texts, audio=flat, sampling_rate=SAMPLING_RATE, audio_kwargs=audio_kwargs,
+                                **kwargs)
 
     @classmethod
     def from_processor(cls, processor: Qwen2AudioProcessor) -> WindowedQwen2AudioProcessor:

@@ -5,7 +5,7 @@ dotted path, so a backend's modules (and vLLM) are imported only when a run pick
 
 * ``rollout.name=hf`` (``hf/``): the reference backend, transformers generation: ``hf.replica.HFReplica``
   starts one ``hf.server.HFRolloutServer`` per replica, which batches requests (``batcher``) into
-  ``hf.engine.OmniGenerator``; ``hf.adapter.HFServerAdapter`` pushes the actor's weights each step.
+  ``hf.engine.AudioGenerator``; ``hf.adapter.HFServerAdapter`` pushes the actor's weights each step.
 * ``rollout.name=vllm`` (``vllm/``): verl's own vLLM rollout with its replica class replaced by
   ``vllm.replica.OmniVLLMReplica`` (whole audio, vLLM's CPU build, a speech server beside it) and its
   worker-side ``ServerAdapter`` by ``vllm.adapter.OmniVLLMServerAdapter`` (verl's, plus the speech copy).

@@ -21,9 +21,7 @@ import threading
 from typing import Any
 
 import torch
-from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-from verl_audio.models.loading import load_part
 from verl_audio.models.token_ids import eos_token_ids
 from verl_audio.plugin_state import require_plugin
 from verl_audio.rollout.batcher import RequestBatcher
@@ -32,8 +30,8 @@ from verl_audio.rollout.options import resolve_device, resolve_dtype
 from verl_audio.rollout.placement import noset_visible_devices_env
 from verl_audio.rollout.speech_endpoints import speech_actor_name
 from verl_audio.speech.config import SpeechOptions
-from verl_audio.speech.stage import SpeechRequest, SpeechResult, SpeechStage
-from verl_audio.speech.talker import NON_THINKER, load_speech_modules
+from verl_audio.speech.stage import SPEAKING_FAMILY, SpeechRequest, SpeechResult, SpeechStage
+from verl_audio.speech.talker import load_speech_modules
 
 logger = logging.getLogger(__name__)
 
@@ -132,19 +130,16 @@ class StandaloneSpeechServer(SpeechServer):
     """A speech server with its own thinker copy, for backends without hidden states (run it as a Ray actor)."""
 
     def __init__(self, model_path: str, engine_kwargs: Any = None, dtype: str = "bfloat16") -> None:
-        from verl_audio.models.audio_features import load_omni_processor
-
         require_plugin("the stand-alone speech server")
         options = SpeechOptions.from_engine_kwargs(engine_kwargs)
         device = resolve_device(options.device)
         torch_dtype = resolve_dtype(dtype)
-        thinker = load_part(Qwen2_5OmniThinkerForConditionalGeneration, model_path, other_parts=NON_THINKER,
-                            dtype=torch_dtype)
+        thinker = SPEAKING_FAMILY.load_trainable(model_path, dtype=torch_dtype)
         thinker.eval().requires_grad_(False).to(device)
         modules = load_speech_modules(model_path, device=device, dtype=torch_dtype)
         stage = SpeechStage(modules, thinker, options, eos_token_ids(thinker, model_path), owns_thinker=True)
-        processor = load_omni_processor(model_path)
-        featurizer = AudioFeaturizer(processor.feature_extractor, stage.audio_token_id)
+        processor = SPEAKING_FAMILY.load_processor(model_path)
+        featurizer = AudioFeaturizer(SPEAKING_FAMILY, processor.feature_extractor, stage.audio_token_id)
         super().__init__(stage, featurizer)
         logger.info("stand-alone speech server on %s: %s", device, modules.parameter_bytes())
 

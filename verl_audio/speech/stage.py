@@ -33,10 +33,14 @@ import torch
 from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 from verl_audio.models.clips import ClipFeatures, encode_clips
+from verl_audio.models.families import QWEN2_5_OMNI
 from verl_audio.speech.config import SAMPLING_RATE, SpeechOptions
 from verl_audio.speech.talker import NON_THINKER, SpeechModules
 
 logger = logging.getLogger(__name__)
+
+#: the family whose talker the stage drives (Qwen2.5-Omni); other families' speech is refused at start
+SPEAKING_FAMILY = QWEN2_5_OMNI
 
 
 @dataclass
@@ -134,7 +138,7 @@ class SpeechStage:
         return [int(t) for t in response_ids]
 
     def _audio_embeddings(self, clips: list[ClipFeatures]) -> torch.Tensor:
-        return encode_clips(self.thinker, clips, self.device)
+        return encode_clips(SPEAKING_FAMILY, self.thinker, clips, self.device)
 
     @torch.no_grad()
     def thinker_states(self, requests: list[SpeechRequest]) -> ThinkerStates:

@@ -2,7 +2,7 @@
 
 A key that one of verl's config classes does not declare fails only in the worker that builds that class,
 minutes into a run: the vLLM server once built verl's ``HFModelConfig`` from a model section carrying
-``OmniModelConfig``'s keys and died at start. ``build_worker_configs`` builds each object the way its worker
+``AudioModelConfig``'s keys and died at start. ``build_worker_configs`` builds each object the way its worker
 does (same function, same section), so such a config stops the run at once, naming the object. The sections
 verl-audio adds keys to are all here (model, rollout and its engine_kwargs, the vLLM server's model config); the
 reference and critic sections are verl's own, reshaped by its worker before they are built, and left to it.
@@ -23,7 +23,7 @@ class WorkerConfigError(ValueError):
 def _builders(config: DictConfig) -> list[tuple[str, Callable[[], Any]]]:
     from verl.utils.config import omega_conf_to_dataclass
 
-    from verl_audio.models.omni_engine import worker_model_config
+    from verl_audio.models.audio_engine import worker_model_config
     from verl_audio.rollout.hf.config import HFRolloutOptions
     from verl_audio.speech.config import SpeechOptions
 

@@ -41,6 +41,8 @@ CHECKPOINT_TRACKER = "latest_checkpointed_iteration.txt"
 CONFIG_FILE = "config.yaml"
 #: what the run did and where its outputs are, printed last
 SUMMARY_FILE = "summary.txt"
+#: glibc's fixed mmap threshold (bytes), set for every Ray process from verl_audio.host_mmap_threshold_kb
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 
 
 def _absolute(path: str) -> str:
@@ -74,12 +76,20 @@ def prepare(config: DictConfig) -> Path:
            # every process that reads audio (trainer, agent-loop workers) follows the same policy
            bad_audio.ON_BAD_AUDIO_ENV: va.on_bad_audio, bad_audio.REJECT_FLAGGED_ENV: "1" if va.reject_flagged_audio else "0",
            bad_audio.REPORT_DIR_ENV: str(out), decode_cache.CACHE_MB_ENV: str(va.decode_cache_mb)}
+    threshold_kb = int(va.get("host_mmap_threshold_kb", 1024) or 0)
+    if threshold_kb and not os.environ.get(MMAP_THRESHOLD_ENV):
+        # glibc raises its mmap threshold after freeing large blocks, so later feature arrays (1.5 MB per clip for
+        # Qwen2-Audio's 30 s windows) land on the heap and their memory stays with the process after they are freed:
+        # a fixed threshold keeps them mmapped (read by glibc at process start, so it reaches the Ray workers)
+        env[MMAP_THRESHOLD_ENV] = str(threshold_kb * 1024)
     os.environ.update(env)
     cpu_mode.set_env_vars(config, env)
 
+    from verl_audio.trainer.lora_setup import configure as configure_lora
     from verl_audio.trainer.speech_setup import configure as configure_speech
 
     configure_speech(config)  # speech stage on when rows ask for audio output; checks the checkpoint
+    configure_lora(config)  # LoRA: adapters or merged weights to the rollout (after speech: it decides too)
     use_cpu, why = cpu_mode.wants_cpu(config)
     if use_cpu:
         changes = cpu_mode.apply(config, joining=cluster.address(config) is not None)

@@ -8,7 +8,12 @@ Environment (each read once, here):
   bundled demo sample, a few GRPO steps, checkpoint, export, reward curve; ``paper``: the paper's settings on
   8 GPUs (``MODEL_PATH``, ``DATA_DIR`` with prepared parquet files), refused without a GPU.
 * ``ROLLOUT``: ``hf`` or ``vllm`` (default ``hf`` for tiny, ``vllm`` for paper).
+* ``MODEL_FAMILY``: ``qwen2_5_omni`` (default), ``qwen2_audio`` or ``qwen3_omni``: the tiny preset builds that
+  family's tiny model, the paper preset takes its released checkpoint and 8-GPU settings (``PAPER_MODELS``);
+  with ``MODEL_PATH`` (a local checkpoint) the family is read from its ``config.json``.
 * ``INPUT_MODALITY`` (``audio``/``text``) and ``OUTPUT_MODALITY`` (``text``/``audio``): the paper's mode.
+* ``LORA_RANK`` (default 0: full fine-tuning): train LoRA adapters of this rank (alpha twice the rank) on the
+  language model (verl's ``model.lora_rank`` / ``lora_alpha``; docs/lora.md); the experiment name ends ``_lora<R>``.
 * ``OUTPUTS`` (default ``outputs``), ``EXPERIMENT`` (default from preset, mode and rollout).
 * ``DRY_RUN=1``: prepare and check the whole config (every config object the workers build), write it to the
   output folder, and stop before Ray starts; runs without a GPU for every preset.
@@ -29,11 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RECIPES = ("soundmind_alr",)
+#: per family: the released checkpoint the paper preset trains, and the overrides its size needs on 8 GPUs
+PAPER_MODELS: dict[str, tuple[str, list[str]]] = {
+    # 7B dense (Qwen2.5 decoder): the paper's layout, FSDP with parameter and optimizer offload, vLLM at 0.6
+    "qwen2_5_omni": ("Qwen/Qwen2.5-Omni-7B", []),
+    # 7B dense (Qwen2 decoder + Whisper encoder): the same layout as Qwen2.5-Omni-7B
+    "qwen2_audio": ("Qwen/Qwen2-Audio-7B-Instruct", []),
+    # 30B mixture of experts (3B active): bf16 weights are ~60 GB, so vLLM shards them over 2 GPUs per replica
+    # and keeps half of each GPU; the FSDP actor offloads parameters and optimizer state to host memory
+    "qwen3_omni": ("Qwen/Qwen3-Omni-30B-A3B-Instruct",
+                   ["actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+                    "actor_rollout_ref.rollout.gpu_memory_utilization=0.5"]),
+}
 PRESETS = ("tiny", "paper")
 ROLLOUTS = ("hf", "vllm")
 INPUT_MODALITIES = ("audio", "text")
 OUTPUT_MODALITIES = ("text", "audio")
-PAPER_MODEL = "Qwen/Qwen2.5-Omni-7B"
 TRAINER = "verl_audio.trainer.main"
 
 
@@ -62,6 +78,8 @@ class Settings:
     model_path: str | None = None
     data_dir: str | None = None
     dry_run: bool = False
+    family: str = "qwen2_5_omni"
+    lora_rank: int = 0
 
     @property
     def mode_suffix(self) -> str:
@@ -93,10 +111,33 @@ def settings_from_env(recipe: str, env: Mapping[str, str], *, gpu: bool | None =
     source = _choice(env, "INPUT_MODALITY", INPUT_MODALITIES, "audio")
     target = _choice(env, "OUTPUT_MODALITY", OUTPUT_MODALITIES, "text")
     dry_run = env.get("DRY_RUN", "0") not in ("", "0")
+    family = _family(env.get("MODEL_FAMILY") or None, model_path)
+    rank = env.get("LORA_RANK") or "0"
+    if not rank.isdigit():
+        raise RecipeError(f"LORA_RANK must be a whole number (0: full fine-tuning), got {rank!r}")
     settings = Settings(recipe, preset, rollout, source, target, Path(env.get("OUTPUTS") or "outputs"), "",
-                        model_path, env.get("DATA_DIR") or None, dry_run)
-    name = f"{recipe}_{preset}{settings.mode_suffix}" + (f"_{rollout}" if preset == "tiny" and rollout != "hf" else "")
+                        model_path, env.get("DATA_DIR") or None, dry_run, family, int(rank))
+    name = f"{recipe}_{preset}" + ("" if family == "qwen2_5_omni" else f"_{family}") + settings.mode_suffix + (
+        f"_{rollout}" if preset == "tiny" and rollout != "hf" else "") + (f"_lora{rank}" if int(rank) else "")
     return Settings(**{**settings.__dict__, "experiment": env.get("EXPERIMENT") or name})
+
+
+def _family(named: str | None, model_path: str | None) -> str:
+    """The model family: from a local checkpoint's config.json (which must agree with ``MODEL_FAMILY``), else
+    ``MODEL_FAMILY``, else Qwen2.5-Omni."""
+    from verl_audio.models.families import FAMILIES, UnknownFamily, family_of_path
+
+    if named is not None and named not in FAMILIES:
+        raise RecipeError(f"MODEL_FAMILY must be one of {'|'.join(FAMILIES)}, got {named!r}")
+    try:
+        found = family_of_path(Path(model_path).expanduser()) if model_path else None
+    except UnknownFamily as err:
+        raise RecipeError(str(err)) from err
+    if model_path and found is None and Path(model_path).expanduser().is_dir():
+        raise RecipeError(f"MODEL_PATH {model_path} is no checkpoint of a verl-audio family ({', '.join(FAMILIES)})")
+    if found is not None and named is not None and found.name != named:
+        raise RecipeError(f"MODEL_FAMILY={named} but {model_path} is a {found.name} checkpoint")
+    return found.name if found is not None else (named or "qwen2_5_omni")
 
 
 @dataclass
@@ -118,16 +159,19 @@ class Plan:
         return [sys.executable, "-m", TRAINER, *self.overrides, *dry, *extra]
 
 
-def _build_tiny_model(path: Path) -> None:
+def _build_tiny_model(family: str, path: Path) -> None:
     if (path / "config.json").is_file():
         return
-    from verl_audio.models.tiny import build_tiny_omni
+    from verl_audio.models.families import family_named
     from verl_audio.patches import patch_quiet_talker_token_ids
 
     patch_quiet_talker_token_ids()  # as in every process that imports verl
-    # talker: audio output needs talker + token2wav weights; head dim 32: vLLM's CPU attention has no kernel
-    # for the builder's default 16
-    build_tiny_omni(path, talker=True, vocab="small", head_dim=32)
+    options: dict = {"vocab": "small"}
+    if family == "qwen2_5_omni":
+        # talker: audio output needs talker + token2wav weights; head dim 32: vLLM's CPU attention has no
+        # kernel for the builder's default 16 (the other families' tiny models have 32)
+        options.update(talker=True, head_dim=32)
+    family_named(family).build_tiny(path, **options)
 
 
 def _prepare_demo_data(settings: Settings, data: Path) -> None:
@@ -147,9 +191,10 @@ def _prepare_demo_data(settings: Settings, data: Path) -> None:
 
 
 def _tiny(settings: Settings) -> Plan:
-    run, model, data = settings.run_dir, settings.run_dir / "tiny_omni", settings.run_dir / "data"
+    folder = "tiny_omni" if settings.family == "qwen2_5_omni" else f"tiny_{settings.family}"
+    run, model, data = settings.run_dir, settings.run_dir / folder, settings.run_dir / "data"
     plan = Plan(settings)
-    plan.steps = [(f"tiny model in {model}", lambda: _build_tiny_model(model)),
+    plan.steps = [(f"tiny {settings.family} model in {model}", lambda: _build_tiny_model(settings.family, model)),
                   (f"demo data ({settings.input_modality} -> {settings.output_modality}) in {data}",
                    lambda: _prepare_demo_data(settings, data))]
     plan.overrides = [
@@ -182,23 +227,32 @@ def _paper(settings: Settings, gpu: bool) -> Plan:
                           f"--src SRC --out {data} --input-modality {settings.input_modality} "
                           f"--output-modality {settings.output_modality}")
     plan = Plan(settings)
+    default_model, family_overrides = PAPER_MODELS[settings.family]
     plan.overrides = [
         f"trainer.experiment_name={settings.experiment}", f"verl_audio.output_dir={settings.run_dir}",
-        f"actor_rollout_ref.model.path={settings.model_path or PAPER_MODEL}",
+        f"actor_rollout_ref.model.path={settings.model_path or default_model}",
         f"data.train_files={data / 'train.parquet'}", f"data.val_files={data / 'dev.parquet'}",
         f"actor_rollout_ref.rollout.name={settings.rollout}", "actor_rollout_ref.rollout.gpu_memory_utilization=0.6",
         "actor_rollout_ref.actor.fsdp_config.param_offload=true",
         "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true",
         "actor_rollout_ref.ref.fsdp_config.param_offload=true", "trainer.n_gpus_per_node=8", "verl_audio.device=gpu",
+        *family_overrides,
     ]
     return plan
 
 
 def plan(settings: Settings, *, gpu: bool | None = None) -> Plan:
     """The preparation steps and trainer overrides of ``settings`` (raises ``RecipeError`` for a bad setting)."""
-    if settings.preset == "tiny":
-        return _tiny(settings)
-    return _paper(settings, gpu_visible() if gpu is None else gpu)
+    from verl_audio.models.families import family_named
+
+    if settings.output_modality == "audio" and not family_named(settings.family).can_speak:
+        raise RecipeError(f"OUTPUT_MODALITY=audio needs a model that speaks; {settings.family} has no talker the "
+                          "speech stage drives (Qwen2.5-Omni only)")
+    preset = _tiny(settings) if settings.preset == "tiny" else _paper(settings, gpu_visible() if gpu is None else gpu)
+    if settings.lora_rank:
+        preset.overrides += [f"actor_rollout_ref.model.lora_rank={settings.lora_rank}",
+                             f"actor_rollout_ref.model.lora_alpha={2 * settings.lora_rank}"]
+    return preset
 
 
 def main(argv: list[str] | None = None) -> int:

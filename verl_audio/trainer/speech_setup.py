@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from verl_audio.modality import ModalityError, row_modality
+from verl_audio.models.families import family_of_path
 from verl_audio.rollout.agent_loop import AGENT_NAME
 from verl_audio.speech.talker import require_speech_weights
 
@@ -73,6 +74,11 @@ def configure(config: DictConfig) -> bool:
         if enable:
             model = Path(str(config.actor_rollout_ref.model.path)).expanduser()
             if model.is_dir():  # a Hub id is checked when the speech worker loads it
+                family = family_of_path(model)
+                if family is not None and not family.can_speak:
+                    raise ValueError(f"{counts['audio']} rows ask for output_modality 'audio', but {model} is a "
+                                     f"{family.name} checkpoint: speech output needs a Qwen2.5-Omni checkpoint (the "
+                                     "speech stage drives its talker); prepare the data with --output-modality text")
                 require_speech_weights(model)
             if rollout.agent.default_agent_loop == "single_turn_agent":
                 rollout.agent.default_agent_loop = AGENT_NAME

@@ -1,6 +1,6 @@
 """The few lines a run prints last (and writes to ``<output_dir>/summary.txt``): what it did and where it is.
 
-Steps trained, the mean reward, the last validation score, the paths of the checkpoint, export, curve,
+Steps trained, the mean reward, LoRA (rank, what reached the rollout), the last validation score, the paths of the checkpoint, export, curve,
 metrics and config, and the next commands to try. When every step's reward was zero (a random tiny model on
 ALR never writes the answer format the rules reward) it says so and points to the run that visibly learns.
 """
@@ -50,6 +50,11 @@ def summarize(config: Any, out: Path, checkpoint: Path | None, export: Path | No
     lines.append(f"  steps       {len(steps)} logged" + (f" of {total}" if total else ""))
     if scores:
         lines.append(f"  reward      mean {sum(scores) / len(scores):.3f} over the steps, last step {scores[-1]:.3f}")
+    model = config.actor_rollout_ref.model
+    if int(model.get("lora_rank", 0) or 0) > 0:
+        synced = "merged weights" if (model.get("lora") or {}).get("merge") else "adapters"
+        lines.append(f"  lora        rank {model.lora_rank}, alpha {model.lora_alpha}; {synced} synced to the "
+                     f"{config.actor_rollout_ref.rollout.name} rollout; the export holds them merged")
     validation = _last_validation(metrics) if metrics.exists() else None
     if validation is not None:
         step, accuracy, scored = validation

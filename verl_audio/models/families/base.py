@@ -52,10 +52,14 @@ class AudioFamily:
     position_rows: int = 1
     #: longest clip one audio item may carry, in seconds (longer clips are split into windows), or None
     window_seconds: float | None = None
+    #: module path of the decoder layers in the trainable model (where LoRA adapters go by default)
+    decoder_layers: str = "model.layers"
     #: whether the family can speak (a talker the speech stage drives)
     can_speak: bool = False
     #: whether vLLM can apply LoRA adapters to this family (else merged weights are synced)
     vllm_lora: bool = False
+    #: why not, when it cannot (said in the log when merged weights are synced instead)
+    vllm_lora_note: str = ""
     #: whether the language model is a mixture of experts
     moe: bool = False
     #: vLLM architecture of a full checkpoint
@@ -120,6 +124,9 @@ class AudioFamily:
     def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.lm_head
 
+    def before_fsdp(self, model: torch.nn.Module) -> None:
+        """Adjust the freshly built model for verl's FSDP wrapping (in place); nothing by default."""
+
     # ---- audio -----------------------------------------------------------------------------------
 
     def windows(self, clip: np.ndarray) -> list[np.ndarray]:
@@ -137,6 +144,15 @@ class AudioFamily:
     def item_tokens(self, frames: int) -> int:
         """Placeholders of one audio item of ``frames`` mel frames."""
         raise NotImplementedError
+
+    def extract(self, feature_extractor: Any, samples: np.ndarray) -> tuple[torch.Tensor, int]:
+        """One item's log-mel features, (mel bins, frames) float32, and the frames its mask marks, under the
+        whole-audio rule of ``verl_audio.models.audio_features`` (what the family's processor gives in any call)."""
+        from verl_audio.models.audio_features import extract_audio_features
+
+        out = extract_audio_features(feature_extractor, [samples])
+        frames = int(out["feature_attention_mask"][0].sum())
+        return out["input_features"][0, :, :frames].float().contiguous(), frames
 
     def encode(self, model: torch.nn.Module, features: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """The audio encoder (with its projection to the text width) over a zero-padded batch of items:
@@ -163,6 +179,10 @@ class AudioFamily:
     def checkpoint_name(self, name: str) -> str:
         """The released checkpoint's name of a trainable-model tensor (what export writes, vLLM loads)."""
         return self.part_prefix + name
+
+    def checkpoint_tensors(self, name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """The released checkpoint's tensors holding one trainable-model tensor (a fused tensor is split)."""
+        return [(self.checkpoint_name(name), tensor)]
 
     def trainable_name(self, checkpoint_name: str) -> str:
         """Inverse of ``checkpoint_name`` (a checkpoint's tensor -> the trainable model's name)."""

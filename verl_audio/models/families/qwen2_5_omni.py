@@ -67,7 +67,7 @@ class Qwen25Omni(AudioFamily):
         return positions, deltas.to(ids.device) - (1 - mask).sum(dim=-1, keepdim=True)
 
     def build_tiny(self, out: str | Path, **kwargs: Any) -> Path:
-        from verl_audio.models.tiny import build_tiny_omni
+        from verl_audio.models.tiny_qwen2_5_omni import build_tiny_omni
 
         return build_tiny_omni(out, **kwargs)
 

@@ -38,8 +38,10 @@ class Qwen2Audio(AudioFamily):
     placeholder_attrs = ("audio_token_id",)
     placeholder_tokens = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
     position_rows = 1
+    decoder_layers = "model.language_model.layers"
     window_seconds = 30.0
     vllm_architecture = "Qwen2AudioForConditionalGeneration"
+    vllm_lora_note = "its vLLM class does not implement SupportsLoRA"
 
     def text_config(self, hf_config: Any) -> Any:
         return hf_config.text_config
@@ -64,6 +66,22 @@ class Qwen2Audio(AudioFamily):
 
         return window_tokens(frames)
 
+    def extract(self, feature_extractor: Any, samples: np.ndarray) -> tuple[torch.Tensor, int]:
+        """A window's features in its own 30 s frame, padding included, exactly as the processor makes them (the
+        encoder takes all 3,000 frames; its convolutions see the padding next to the last marked frame)."""
+        out = feature_extractor([samples], sampling_rate=16000, padding="max_length", truncation=False,
+                                return_attention_mask=True, return_tensors="pt")
+        return out["input_features"][0].float().contiguous(), int(out["attention_mask"][0].sum())
+
+    def before_fsdp(self, model: torch.nn.Module) -> None:
+        """The encoder reads its position table's weight directly, never calling it; as an ``nn.Embedding`` verl's
+        FSDP2 would make it a unit of its own, unsharded only when called, and the encoder would meet a sharded
+        tensor. Held by a plain module (same parameter, same name), it belongs to the model's root unit."""
+        tower = model.model.audio_tower
+        table = torch.nn.Module()
+        table.weight = tower.embed_positions.weight
+        tower.embed_positions = table
+
     def text_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.model.language_model
 
@@ -74,9 +92,8 @@ class Qwen2Audio(AudioFamily):
         inner = model.model
         tower = inner.audio_tower
         frames = tower.config.max_source_positions * 2
-        if features.shape[-1] != frames:  # items arrive cut to their marked frames: pad back to the encoder's 30 s
-            features = torch.nn.functional.pad(features, (0, frames - features.shape[-1]))
-            mask = torch.nn.functional.pad(mask, (0, frames - mask.shape[-1]))
+        if features.shape[-1] != frames:
+            raise ValueError(f"Qwen2-Audio's encoder takes items of exactly {frames} frames, got {features.shape[-1]}")
         lengths, out_lengths = tower._get_feat_extract_output_lengths(mask.sum(-1))
         steps = (frames - 2) // 2 + 1
         positions = torch.arange(steps, dtype=lengths.dtype, device=lengths.device).expand(len(features), steps)

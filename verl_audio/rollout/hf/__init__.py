@@ -2,7 +2,7 @@
 
 In the order a request meets them: ``replica.HFReplica`` (one server actor per replica, hybrid mode),
 ``server.HFRolloutServer`` (vLLM-compatible ``generate`` and control calls), the shared batcher and featurizer,
-``engine.OmniGenerator`` (left-padded prefill with audio, KV-cached decode), and on the actor workers
+``engine.AudioGenerator`` (left-padded prefill with audio, KV-cached decode), and on the actor workers
 ``adapter.HFServerAdapter`` (weights each step). ``config.HFRolloutOptions``: ``rollout.engine_kwargs.hf``.
 """
 

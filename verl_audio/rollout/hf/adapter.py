@@ -6,6 +6,10 @@ of full tensors with the thinker's HF names, whose items are produced by collect
 drains it, and only the first rank of each replica forwards the tensors, moved to CPU and grouped in
 buckets of ``checkpoint_engine.update_weights_bucket_megabytes``, to its server through Ray's object
 store. That copy is the simple correct path for CPU and small models; a CUDA-IPC path would avoid it.
+
+LoRA (``peft_config`` given): an adapter update (``base_sync_done``) is sent whole, in one call, and the
+server applies it to LoRA layers injected into its model on the first one (``verl_audio.models.lora``); a base
+update (the first sync of a rollout started on dummy weights) goes in buckets like full weights.
 """
 
 from __future__ import annotations
@@ -73,13 +77,14 @@ class HFServerAdapter(BaseRollout):
         wire_format: str = "named_tensors",
         global_steps: int | None = None,
         peft_config: Any = None,
+        base_sync_done: bool = False,
         **kwargs: Any,
     ) -> None:
         """Drain ``weights`` on every rank; the replica's first rank sends them to its server in buckets."""
         if wire_format != "named_tensors":
             raise NotImplementedError(f"the hf rollout backend takes wire_format='named_tensors', not {wire_format!r}")
-        if peft_config is not None:
-            raise NotImplementedError("the hf rollout backend loads full weights: set model.lora.merge=True for LoRA")
+        if peft_config is not None and base_sync_done:
+            return await self._update_adapter(weights, peft_config, global_steps)
         start = time.perf_counter()
         bucket: list[tuple[str, torch.Tensor]] = []
         size = sent = 0
@@ -106,3 +111,18 @@ class HFServerAdapter(BaseRollout):
             )
         if sent == 0:
             raise RuntimeError("weight update sent no tensor the rollout model knows; check the weight names")
+
+    async def _update_adapter(self, weights: Any, peft_config: dict, global_steps: int | None) -> None:
+        """Send a LoRA adapter (all its tensors at once: a few MB even at 7B) to the replica's server."""
+        start = time.perf_counter()
+        tensors = []
+        async for name, tensor in _items(weights):
+            if self.has_server:
+                tensors.append((name, tensor.detach().to("cpu").contiguous()))
+        if not self.has_server:
+            return
+        modules = await self._server().update_adapter.remote(tensors, dict(peft_config), global_steps)
+        if self.replica_rank == 0:
+            logger.info("hf rollout: LoRA adapter (%d tensors, %d modules, %.1f KB) to replica 0 in %.3fs (step %s)",
+                        len(tensors), modules, sum(t.numel() * t.element_size() for _, t in tensors) / 1024,
+                        time.perf_counter() - start, global_steps)

@@ -24,12 +24,12 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.config import RolloutConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 
-from verl_audio.models.audio_features import load_omni_processor
+from verl_audio.models.lora import is_adapter_tensor
 from verl_audio.plugin_state import require_plugin
 from verl_audio.rollout.batcher import RequestBatcher
 from verl_audio.rollout.features import AudioFeaturizer
 from verl_audio.rollout.hf.config import HFRolloutOptions
-from verl_audio.rollout.hf.engine import GenRequest, GenResult, OmniGenerator
+from verl_audio.rollout.hf.engine import AudioGenerator, GenRequest, GenResult
 from verl_audio.rollout.options import model_path, resolve_device, resolve_dtype
 from verl_audio.rollout.sampling import parse_sampling_params
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class HFRolloutServer:
-    """Generates with the Qwen2.5-Omni thinker for one rollout replica."""
+    """Generates with the checkpoint's audio model (any family) for one rollout replica."""
 
     def __init__(
         self,
@@ -60,7 +60,7 @@ class HFRolloutServer:
         if self.device.type == "cpu" and self.options.cpu_threads:
             torch.set_num_threads(self.options.cpu_threads)
         path = model_path(model_config)
-        self.engine = OmniGenerator(
+        self.engine = AudioGenerator(
             path,
             device=self.device,
             dtype=resolve_dtype(self.config.dtype),
@@ -68,9 +68,9 @@ class HFRolloutServer:
             embed_cache_size=self.options.embed_cache_size,
             seed=self.config.seed + replica_rank,
         )
-        processor = load_omni_processor(path)
+        processor = self.engine.family.load_processor(path)
         self.featurizer = AudioFeaturizer(
-            processor.feature_extractor, self.engine.audio_token_id, self.options.feature_cache_size
+            self.engine.family, processor.feature_extractor, self.engine.audio_token_id, self.options.feature_cache_size
         )
         self.max_model_len = self.config.max_model_len or self.engine.max_positions
         if self.max_model_len > self.engine.max_positions:
@@ -171,10 +171,21 @@ class HFRolloutServer:
         self._loaded.update(loaded)
         return len(loaded)
 
+    async def update_adapter(self, named_tensors: list[tuple[str, torch.Tensor]], peft_config: dict[str, Any],
+                             global_steps: int | None = None) -> int:
+        """Apply a whole LoRA adapter (``engine.load_adapter``) and tag outputs with ``global_steps``; returns the
+        modules it covered."""
+        async with self._engine_lock:
+            modules = await asyncio.to_thread(self.engine.load_adapter, named_tensors, peft_config)
+        self.global_steps = global_steps
+        return len(modules)
+
     async def finish_weight_update(self, global_steps: int | None = None) -> dict[str, Any]:
-        """End a weight update: tag outputs with ``global_steps``; report parameters no bucket covered."""
+        """End a weight update: tag outputs with ``global_steps``; report parameters no bucket covered (a LoRA
+        adapter's own come with ``update_adapter``)."""
         loaded_storage = {self.engine.params[n].data_ptr() for n in self._loaded}
-        missing = [n for n, p in self.engine.params.items() if p.data_ptr() not in loaded_storage]
+        missing = [n for n, p in self.engine.params.items()
+                   if p.data_ptr() not in loaded_storage and not is_adapter_tensor(n)]
         count, self._loaded = len(self._loaded), set()
         if missing:
             logger.warning("hf rollout: weight update left %d parameters unchanged, e.g. %s", len(missing), missing[:5])

@@ -2,17 +2,18 @@
 
 ``rollout.name=vllm`` resolves (through ``RolloutReplicaRegistry``, see ``verl_audio.rollout.register``)
 to ``OmniVLLMReplica`` (``verl_audio.rollout.vllm.replica``), whose servers are this class: verl's
-``vLLMHttpServer`` with what an Omni checkpoint and a CPU host need, each through one of its hooks.
-For any other model the behaviour is verl's, except on CPU (see below).
+``vLLMHttpServer`` with what an audio checkpoint (any family of ``verl_audio.models.families``) and a CPU host
+need, each through one of its hooks. For any other model the behaviour is verl's, except on CPU (see below).
 
-* **Audio once.** verl sends prompt ids that already hold one ``<|AUDIO|>`` per audio token, and vLLM
+* **Audio once.** verl sends prompt ids that already hold one audio placeholder per audio token, and vLLM
   0.32 expands every placeholder run it is given once more (N in, 2N - 1 used). ``generate`` collapses
   each run to a single token first (verl's own ``qwen2_5_vl_dedup_image_tokens`` does the same for image
-  and video runs), so vLLM's processor expands it to the clip's whole length. Every request's audio
-  token count as vLLM used it is read back from vLLM's output and checked against the clip lengths
-  (25 per second): a mismatch raises, naming the request.
-* **Config.** The model config is the class the recipe's ``_target_`` names (``server_model_config``), and
-  Omni's nested ``max_position_embeddings`` is lifted to the top level, where ``_validate_configs`` looks.
+  and video runs), so vLLM's processor expands it to the item's whole length; a family that splits clips
+  into windows (Qwen2-Audio) gets the windows as its items, one per prompt segment. Every request's audio
+  token count as vLLM used it is read back from vLLM's output and checked against the clips (the family's
+  count): a mismatch raises, naming the request.
+* **Config.** The model config is the class the recipe's ``_target_`` names (``server_model_config``), and a
+  nested ``max_position_embeddings`` is lifted to the top level, where ``_validate_configs`` looks.
 * **Worker extension.** ``verl_audio.rollout.vllm.worker.OmniVLLMWorkerExtension`` (runs inside vLLM's
   workers): weight names, CPU weight reload, log-probs and the ids the policy must not sample.
 * **Pausing.** verl 0.9.1 calls ``AsyncLLM.pause_generation(wait_for_inflight_requests=...)``; vLLM 0.32
@@ -33,9 +34,8 @@ import numpy as np
 from verl.workers.rollout.replica import TokenOutput
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer
 
-from verl_audio.models.audio_features import audio_tokens_for_samples
-from verl_audio.models.omni_config import OMNI_MODEL_TYPES, thinker_config
-from verl_audio.models.omni_engine import worker_model_config
+from verl_audio.models.audio_engine import worker_model_config
+from verl_audio.models.families import MODEL_TYPES
 from verl_audio.plugin_state import require_plugin
 
 logger = logging.getLogger(__name__)
@@ -53,10 +53,14 @@ def collapse_runs(prompt_ids: list[int], token_id: int) -> list[int]:
     return out
 
 
+def _samples(audio: Any) -> np.ndarray:
+    """The samples of one ``audio_data`` item: an array, or vLLM's ``(array, sampling_rate)`` pair."""
+    return np.asarray(audio[0] if isinstance(audio, tuple) else audio)
+
+
 def clip_samples(audio: Any) -> int:
-    """Samples of one ``audio_data`` item: an array, or vLLM's ``(array, sampling_rate)`` pair."""
-    array = audio[0] if isinstance(audio, tuple) else audio
-    return int(np.asarray(array).shape[-1])
+    """Samples of one ``audio_data`` item."""
+    return int(_samples(audio).shape[-1])
 
 
 class AudioTokenMismatch(RuntimeError):
@@ -67,30 +71,32 @@ def server_model_config(model_config: Any) -> Any:
     """The model config the vLLM server works with, built from ``actor_rollout_ref.model``.
 
     verl's server builds ``HFModelConfig``, which refuses the keys of the class the recipe's ``_target_`` names
-    (``OmniModelConfig``'s ``freeze_*`` and cache keys); here it is that class, as the workers build it. For an
-    Omni checkpoint ``max_position_embeddings`` (nested under the thinker's text config) is lifted to the top,
-    where verl's ``_validate_configs`` looks; a thinker-only Omni checkpoint is refused (no vLLM architecture).
+    (``AudioModelConfig``'s ``freeze_*`` and cache keys); here it is that class, as the workers build it. For an
+    audio checkpoint a nested ``max_position_embeddings`` (under the text config) is lifted to the top, where
+    verl's ``_validate_configs`` looks; a thinker-only Omni checkpoint is refused (no vLLM architecture).
     """
     config = worker_model_config(model_config)
     hf_config = config.hf_config
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type == "qwen2_5_omni_thinker":
-        raise ValueError(f"{config.local_path}: vLLM 0.32 serves full Qwen2.5-Omni checkpoints only (it has no "
+    family = MODEL_TYPES.get(getattr(hf_config, "model_type", None))
+    if family is None:
+        return config
+    if family.part_prefix and hf_config.model_type != family.model_types[0]:
+        raise ValueError(f"{config.local_path}: vLLM 0.32 serves full {family.name} checkpoints only (it has no "
                          "architecture for a thinker-only one); use the full checkpoint or rollout.name=hf")
-    if model_type in OMNI_MODEL_TYPES and getattr(hf_config, "max_position_embeddings", None) is None:
-        hf_config.max_position_embeddings = thinker_config(hf_config).get_text_config().max_position_embeddings
+    if getattr(hf_config, "max_position_embeddings", None) is None:
+        hf_config.max_position_embeddings = family.text_config(hf_config).max_position_embeddings
     return config
 
 
 class OmniVLLMHttpServer(vLLMHttpServer):
-    """verl's vLLM server with whole-audio prompts for Qwen2.5-Omni (module doc)."""
+    """verl's vLLM server with whole-audio prompts for the audio families (module doc)."""
 
     def _init_model_config(self, model_config: Any) -> Any:
         require_plugin("the vLLM rollout server")
         config = server_model_config(model_config)
         hf_config = config.hf_config
-        self.omni = getattr(hf_config, "model_type", None) in OMNI_MODEL_TYPES
-        self.audio_token_id = int(thinker_config(hf_config).audio_token_id) if self.omni else None
+        self.family = MODEL_TYPES.get(getattr(hf_config, "model_type", None))
+        self.audio_token_id = self.family.audio_token_id(hf_config) if self.family is not None else None
         #: ids of the audio requests in flight, and the audio tokens vLLM used for each (from its output);
         #: ``generate`` adds and removes both, so requests without audio leave nothing behind
         self.audio_requests: set[str] = set()
@@ -103,7 +109,7 @@ class OmniVLLMHttpServer(vLLMHttpServer):
     async def run_server(self, args: Any) -> None:
         await super().run_server(args)
         self._adapt_pause_generation()
-        if self.omni:
+        if self.family is not None:
             self._watch_audio_tokens()
 
     def _adapt_pause_generation(self) -> None:
@@ -147,13 +153,15 @@ class OmniVLLMHttpServer(vLLMHttpServer):
         **kwargs: Any,
     ) -> TokenOutput:
         """verl's ``generate``, with audio placeholder runs collapsed and the audio vLLM used checked."""
-        if not self.omni or not audio_data:
+        if self.family is None or not audio_data:
             return await super().generate(
                 prompt_ids, sampling_params, request_id, image_data, video_data, audio_data, mm_processor_kwargs,
                 **kwargs,
             )
-        expected = sum(audio_tokens_for_samples(clip_samples(a)) for a in audio_data)
+        expected = sum(self.family.clip_tokens(clip_samples(a)) for a in audio_data)
         collapsed = collapse_runs(list(prompt_ids), self.audio_token_id)
+        # one item per window for a family that caps an item's length (the prompt holds a segment per window)
+        audio_data = [w for a in audio_data for w in self.family.windows(_samples(a))]
         self.audio_requests.add(str(request_id))
         try:
             output = await super().generate(

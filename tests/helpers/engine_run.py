@@ -1,12 +1,14 @@
-"""verl's TrainingWorker with the Qwen2.5-Omni thinker engine on CPU, one process per rank (torchrun).
+"""verl's TrainingWorker with the audio engine (any model family) on CPU, one process per rank (torchrun).
 
-    torchrun --nproc_per_node N tests/omni_engine_run.py --model DIR --out DIR [--strategy fsdp2] ...
+    torchrun --nproc_per_node N tests/helpers/engine_run.py --model DIR --out DIR [--strategy fsdp2] ...
 
 Each rank takes its share of a batch of audio prompts (clips of different lengths, left-padded
 prompts, right-padded responses, verl's (4, L) position ids), runs ``infer_batch`` and compares the
 response log-probs with a plain transformers thinker forward of each sequence on its own; with
 ``--train`` it runs one ``train_batch`` with verl's ``ppo_loss`` and recomputes the loss; with
-``--save`` it writes a verl actor checkpoint; with ``--cache-check`` it runs GRPO-like batches (each clip
+``--save`` it writes a verl actor checkpoint; with ``--lora-rank R`` the engine trains LoRA adapters (the
+training step then records which base and adapter tensors changed, the reference forward with the adapter off
+and the actor's log-probs after the step); with ``--cache-check`` it runs GRPO-like batches (each clip
 in two rows) through infer, infer again, infer with one new clip and a training step, recording the
 log-probs and the audio-encoder counters of each (``--audio-cache-size 0``: without the cache). Results
 go to ``OUT/rank<r>.json``. With
@@ -37,25 +39,28 @@ CACHE_CLIP_SECONDS = (2.2, 2.6, 3.0)
 
 
 def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int = 0,
-                      clip_ids: list[int] | None = None) -> dict[str, Any]:
+                      clip_ids: list[int] | None = None, first_clip_seconds: float | None = None) -> dict[str, Any]:
     """Left-padded audio prompts + right-padded random responses, as verl's rollout hands them over.
 
-    ``thinker`` supplies ``get_rope_index``. Returns padded tensors (``input_ids``, ``attention_mask``,
-    ``position_ids`` (B, 4, L), ``prompts``, ``responses``, ``response_mask``) plus
-    ``multi_modal_inputs``: one dict per sample with that sample's unpadded audio features.
-    ``clip_ids``: row i hears clip ``clip_ids[i]`` (``CACHE_CLIP_SECONDS``, the same samples in every batch
-    built with this seed); by default every row has a clip of its own.
+    ``thinker`` supplies ``get_rope_index`` for families with multimodal positions. Returns padded tensors
+    (``input_ids``, ``attention_mask``, ``position_ids`` (B, 4, L), or (B, L) for 1-D positions, ``prompts``,
+    ``responses``, ``response_mask``) plus ``multi_modal_inputs``: one dict per sample with that sample's
+    audio features. ``clip_ids``: row i hears clip ``clip_ids[i]`` (``CACHE_CLIP_SECONDS``, the same samples in
+    every batch built with this seed); by default every row has a clip of its own. ``first_clip_seconds``: row 0's
+    clip has this length instead.
     """
-    from verl_audio.models.audio_features import audio_processor_kwargs, load_omni_processor
+    from verl_audio.models.families import family_of_path
 
-    processor = load_omni_processor(model_dir)
+    family = family_of_path(model_dir)
+    processor = family.load_processor(model_dir)
     rng = np.random.default_rng(seed)
     prompts, mm_inputs, responses = [], [], []
     special = set(processor.tokenizer.all_special_ids)
     normal = [i for i in range(len(processor.tokenizer)) if i not in special]
     for i in range(n):
         if clip_ids is None:
-            clip = (0.1 * rng.standard_normal(int(16000 * CLIP_SECONDS[i % len(CLIP_SECONDS)]))).astype(np.float32)
+            seconds = first_clip_seconds if i == 0 and first_clip_seconds else CLIP_SECONDS[i % len(CLIP_SECONDS)]
+            clip = (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
         else:
             c = clip_ids[i]
             clip_rng = np.random.default_rng([seed, c])
@@ -65,7 +70,7 @@ def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int
         content = [{"type": "audio", "audio": "clip"}, {"type": "text", "text": question}]
         messages = [{"role": "user", "content": content}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        out = processor(text=[text], audio=[clip], return_tensors="pt", **audio_processor_kwargs([clip]))
+        out = processor(text=[text], audio=[clip], return_tensors="pt", sampling_rate=16000)
         prompts.append(out["input_ids"][0])
         mm_inputs.append({k: out[k] for k in ("input_features", "feature_attention_mask")})
         response = rng.choice(normal, RESPONSE_LENGTHS[i % len(RESPONSE_LENGTHS)])
@@ -81,13 +86,16 @@ def build_audio_batch(model_dir: str | Path, thinker: Any, n: int = 4, seed: int
         response_ids[i, : len(r)], response_mask[i, : len(r)] = r, 1
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-    audio_seqlens = torch.cat([m["feature_attention_mask"].sum(-1) for m in mm_inputs])
-    rope, _ = thinker.get_rope_index(input_ids, None, None, attention_mask, False, audio_seqlens, None)  # (3, B, L)
     text_row = torch.ones_like(input_ids)  # verl's layout: 0..n-1 on valid tokens, 1 on padding
     for i in range(n):
         valid = attention_mask[i].bool()
         text_row[i, valid] = torch.arange(int(valid.sum()))
-    position_ids = torch.cat([text_row.unsqueeze(1), rope.transpose(0, 1)], dim=1)  # (B, 4, L)
+    if family.position_rows == 1:
+        position_ids = text_row * attention_mask  # verl's 1-D positions: the attended tokens counted
+    else:
+        audio_seqlens = torch.cat([m["feature_attention_mask"].sum(-1) for m in mm_inputs])
+        rope, _ = thinker.get_rope_index(input_ids, None, None, attention_mask, False, audio_seqlens, None)
+        position_ids = torch.cat([text_row.unsqueeze(1), rope.long().transpose(0, 1)], dim=1)  # (B, 4, L)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
             "prompts": prompt_ids, "responses": response_ids, "response_mask": response_mask,
             "multi_modal_inputs": mm_inputs}
@@ -124,7 +132,26 @@ def _to_td(batch: dict[str, Any], rows: slice, extra: dict[str, torch.Tensor] | 
 def _fingerprint(engine: Any) -> dict[str, torch.Tensor]:
     """Full (unsharded) copies of the audio-encoder and first decoder-layer weights (collective call)."""
     params, _ = engine.get_per_tensor_param()
-    return {n: v.detach().float().clone() for n, v in params if n.startswith(("audio_tower.", "model.layers.0."))}
+    audio = engine.family.audio_encoder + "."
+    return {n: v.detach().float().clone() for n, v in params if n.startswith(audio) or "layers.0." in n}
+
+
+def _lora_state(engine: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Full copies of a LoRA engine's base weights and adapter tensors, as verl sends them (collective call)."""
+    base, _ = engine.get_per_tensor_param(base_sync_done=False)
+    base = {n: v.detach().clone() for n, v in base}
+    adapter, _ = engine.get_per_tensor_param(base_sync_done=True)
+    adapter = {n: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for n, v in adapter}
+    return base, adapter
+
+
+def _logp_rows(out: Any, td: Any, lengths: torch.Tensor) -> list[list[float]]:
+    """Each row's response log-probs, cut to its response length."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    logp = no_padding_2_padding(tu.get(out, "log_probs"), td).float()
+    return [row[: int(n)].tolist() for row, n in zip(logp, lengths.tolist(), strict=True)]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -138,12 +165,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grad-ckpt", action="store_true", help="enable gradient checkpointing")
     parser.add_argument("--bf16", action="store_true", help="verl's default mixed precision (bf16 compute)")
     parser.add_argument("--plain-config", action="store_true",
-                        help="verl's HFModelConfig with model_type set from config.json, not OmniModelConfig")
+                        help="verl's HFModelConfig with model_type set from config.json, not AudioModelConfig")
     parser.add_argument("--ref", action="store_true", help="a forward-only engine, as verl builds the reference")
     parser.add_argument("--train", action="store_true")
     parser.add_argument("--save", default=None, help="write a verl actor checkpoint here")
     parser.add_argument("--cache-check", action="store_true", help="audio-encoder cache run (see module doc)")
     parser.add_argument("--audio-cache-size", type=int, default=None, help="model.audio_encoder_cache_size")
+    parser.add_argument("--lora-rank", type=int, default=0, help="model.lora_rank (LoRA adapters, alpha 16)")
+    parser.add_argument("--first-clip-seconds", type=float, default=None, help="row 0 hears a clip this long")
     parser.add_argument("--ray-workers", type=int, default=0,
                         help="instead of torchrun ranks: drive N Ray TrainingWorkers (RayWorkerGroup), inference only")
     return parser.parse_args(argv)
@@ -155,7 +184,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig, TrainingWorkerConfig
 
-    from verl_audio.models.omni_engine import OmniModelConfig
+    from verl_audio.models.audio_engine import AudioModelConfig
 
     common = dict(path=args.model, override_config={"attn_implementation": args.attn},
                   use_remove_padding=not args.no_remove_padding, enable_gradient_checkpointing=args.grad_ckpt)
@@ -165,7 +194,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
     else:
         if args.audio_cache_size is not None:
             common["audio_encoder_cache_size"] = args.audio_cache_size
-        model_config = OmniModelConfig(freeze_audio_encoder=not args.no_freeze, **common)
+        model_config = AudioModelConfig(freeze_audio_encoder=not args.no_freeze, lora_rank=args.lora_rank,
+                                        lora_alpha=16, **common)
     fp32 = None if args.bf16 else {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     engine_config = FSDPEngineConfig(strategy=args.strategy, forward_only=args.ref, model_dtype="fp32",
                                      mixed_precision=fp32,
@@ -177,12 +207,12 @@ def _worker_config(args: argparse.Namespace) -> Any:
 
 
 def _reference(args: argparse.Namespace, config: Any) -> Any:
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    """The family's trainable model, loaded by transformers alone (fp32)."""
+    from verl_audio.models.families import family_of_path
 
-    from verl_audio.models.omni_engine import thinker_config
-
-    return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        args.model, config=thinker_config(config.model_config.hf_config), dtype=torch.float32).eval()
+    family = family_of_path(args.model)
+    return family.load_trainable(args.model, config=family.thinker_config(config.model_config.hf_config),
+                                 dtype=torch.float32).eval()
 
 
 def _diffs(out: Any, td: Any, reference: Any, batch: dict[str, Any], rows: range) -> list[float]:
@@ -247,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     reference = _reference(args, config)
     if args.cache_check:
         return cache_check(args, worker, reference, rank, world)
-    batch = build_audio_batch(args.model, reference, n=4)
+    batch = build_audio_batch(args.model, reference, n=4, first_clip_seconds=args.first_clip_seconds)
     per_rank = len(batch["input_ids"]) // world
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
     td = _to_td(batch, rows)
@@ -255,8 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     out = worker.infer_batch(td)
     diffs = _diffs(out, td, reference, batch, range(rows.start, rows.stop))
     engine_logp = no_padding_2_padding(tu.get(out, "log_probs"), td).float()  # old log-probs for PPO
+    audio_id = worker.engine.family.audio_token_id(config.model_config.hf_config)
     result: dict[str, Any] = {"rank": rank, "world_size": world, "max_abs_diff": max(diffs), "per_sample": diffs,
-                              "model_type": config.model_type, "engine": type(worker.engine).__name__}
+                              "model_type": config.model_type, "engine": type(worker.engine).__name__,
+                              # the audio placeholders in the ids this rank's engine ran with, per row
+                              "audio_tokens": (batch["input_ids"][rows] == audio_id).sum(-1).tolist()}
 
     if args.train:
         actor = ActorConfig(strategy=args.strategy, rollout_n=1, ppo_micro_batch_size_per_gpu=2, use_kl_loss=False,
@@ -273,14 +306,34 @@ def main(argv: list[str] | None = None) -> None:
             return float(tu.get(worker.infer_batch(data), "metrics")["loss"])
 
         before_weights = _fingerprint(worker.engine)
+        if args.lora_rank:
+            base_before, adapter_before = _lora_state(worker.engine)
         result["loss_before"] = loss_now()
         metrics = tu.get(worker.train_batch(_to_td(batch, rows, extra)), "metrics")
         result["grad_norm"] = float(metrics["grad_norm"])
         result["loss_after"] = loss_now()
         after_weights = _fingerprint(worker.engine)
+        if args.lora_rank:
+            base_after, adapter_after = _lora_state(worker.engine)
+            result["base_tensors"] = len(base_after)
+            result["base_changed"] = sorted(n for n in base_after if not torch.equal(base_before[n], base_after[n]))
+            result["adapter_tensors"] = sorted(adapter_after)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            torch.save(adapter_after, Path(args.out) / f"adapter_rank{rank}.pt")  # as the rollout receives it
+            result["adapter_changed"] = sorted(n for n in adapter_after
+                                               if not torch.equal(adapter_before[n], adapter_after[n]))
+            trained = _to_td(batch, rows)
+            tu.assign_non_tensor(trained, compute_loss=False)
+            result["trained_logp"] = _logp_rows(worker.infer_batch(trained), trained,
+                                                batch["response_mask"][rows].sum(-1))
+            ref = _to_td(batch, rows)
+            tu.assign_non_tensor(ref, compute_loss=False, no_lora_adapter=True)  # as verl asks for the reference
+            result["ref_max_abs_diff"] = max(_diffs(worker.infer_batch(ref), ref, reference, batch,
+                                                    range(rows.start, rows.stop)))
         changed = {n for n in before_weights if not torch.equal(before_weights[n], after_weights[n])}
-        result["audio_changed"] = sorted(n for n in changed if n.startswith("audio_tower."))
-        result["text_changed"] = sorted(n for n in changed if n.startswith("model."))
+        audio = worker.engine.family.audio_encoder + "."
+        result["audio_changed"] = sorted(n for n in changed if n.startswith(audio))
+        result["text_changed"] = sorted(n for n in changed if not n.startswith(audio))
 
     if args.save:
         worker.save_checkpoint(args.save, global_step=1)

@@ -13,13 +13,13 @@ import torch
 
 pytest.importorskip("verl")
 
-from helpers.omni_engine_run import run_ray, run_torchrun
-from verl_audio.models.omni_engine import (  # noqa: E402
-    OMNI_MODEL_TYPES,
-    OmniModelConfig,
-    OmniThinkerFSDPEngine,
+from helpers.engine_run import run_ray, run_torchrun
+from verl_audio.models.audio_engine import (  # noqa: E402
+    AudioFSDPEngine,
+    AudioModelConfig,
     check_supported,
 )
+from verl_audio.models.omni_config import OMNI_MODEL_TYPES
 from verl_audio.models.tiny import build_tiny_omni  # noqa: E402
 
 PARITY_TOL = 1e-4  # fp32, mixed precision off
@@ -52,8 +52,8 @@ def omni_thinker_saved(omni_thinker_weights: Path, tmp_path_factory: pytest.Temp
     return out
 
 
-def _config(path: Path, **kwargs) -> OmniModelConfig:
-    return OmniModelConfig(path=str(path), override_config={"attn_implementation": "sdpa"}, **kwargs)
+def _config(path: Path, **kwargs) -> AudioModelConfig:
+    return AudioModelConfig(path=str(path), override_config={"attn_implementation": "sdpa"}, **kwargs)
 
 
 # --- selection and start-up checks (in process) --------------------------------------------------
@@ -67,7 +67,7 @@ def test_model_config_routes_omni_checkpoints_to_the_thinker_engine(omni_full: P
     assert _config(omni_full, model_type="value_model").model_type == "value_model"  # an explicit role stays
     for model_type in OMNI_MODEL_TYPES:
         for backend in ("fsdp", "fsdp2"):
-            assert EngineRegistry.get_engine_cls(model_type, backend) is OmniThinkerFSDPEngine
+            assert EngineRegistry.get_engine_cls(model_type, backend) is AudioFSDPEngine
 
 
 def test_model_config_defaults_and_validation(omni_full: Path) -> None:
@@ -83,10 +83,10 @@ def test_model_config_from_hydra_target(omni_full: Path) -> None:
     from omegaconf import OmegaConf
     from verl.utils.config import omega_conf_to_dataclass
 
-    node = OmegaConf.create({"_target_": "verl_audio.models.omni_engine.OmniModelConfig", "path": str(omni_full),
+    node = OmegaConf.create({"_target_": "verl_audio.models.audio_engine.AudioModelConfig", "path": str(omni_full),
                              "override_config": {"attn_implementation": "sdpa"}, "freeze_audio_encoder": False})
     config = omega_conf_to_dataclass(node)
-    assert isinstance(config, OmniModelConfig)
+    assert isinstance(config, AudioModelConfig)
     assert config.model_type == "qwen2_5_omni" and config.freeze_audio_encoder is False
 
 
@@ -95,8 +95,8 @@ def test_model_config_rejects_other_checkpoints(tmp_path: Path) -> None:
 
     Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=64,
                 architectures=["Qwen2ForCausalLM"]).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="Qwen2.5-Omni checkpoint"):
-        OmniModelConfig(path=str(tmp_path), load_tokenizer=False)
+    with pytest.raises(ValueError, match="none of verl-audio.s families"):
+        AudioModelConfig(path=str(tmp_path), load_tokenizer=False)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_remove_padding_off_accepts_any_attention(omni_full: Path) -> None:
 def _check_run(results: list[dict], *, world_size: int, audio_trained: bool) -> None:
     assert len(results) == world_size
     for r in results:
-        assert r["engine"] == "OmniThinkerFSDPEngine"
+        assert r["engine"] == "AudioFSDPEngine"
         assert r["max_abs_diff"] <= PARITY_TOL, r["per_sample"]
         assert r["loss_after"] < r["loss_before"], r
         assert r["text_changed"], "the text model did not train"
@@ -217,7 +217,7 @@ def test_engine_refuses_before_building(omni_full: Path) -> None:
 
     engine_config = FSDPEngineConfig(strategy="fsdp2", ulysses_sequence_parallel_size=2)
     with pytest.raises(NotImplementedError, match="ulysses"):  # before any process group is needed
-        OmniThinkerFSDPEngine(_config(omni_full), engine_config, FSDPOptimizerConfig(), None)
+        AudioFSDPEngine(_config(omni_full), engine_config, FSDPOptimizerConfig(), None)
 
 
 @pytest.mark.parametrize(("strategy", "world_size"), [("fsdp2", 2), ("fsdp", 1)])
@@ -231,7 +231,7 @@ def test_reference_engine(omni_full: Path, tmp_path: Path, strategy: str, world_
 
 # --- the audio-encoder cache under verl's engine ---------------------------------------------------
 
-#: clips encoded / served per call of ``omni_engine_run.cache_check``, summed over ranks (rows: clips 0 0 1 1,
+#: clips encoded / served per call of ``engine_run.cache_check``, summed over ranks (rows: clips 0 0 1 1,
 #: the same again, then 0 0 2 2, a training step and an inference on the first batch)
 CACHED_COUNTS = {"first": (2, 2), "again": (0, 4), "new_clip": (1, 3), "train": (0, 4), "after_train": (0, 4)}
 
