@@ -11,8 +11,8 @@
 #   STEPS=80 bash examples/hear_tones/train.sh trainer.test_freq=5     # extra args: verl/Hydra overrides
 #
 # Environment: OUTPUTS (default outputs), EXPERIMENT (default hear_tones[_<family>][_lora<R>][_ablation]),
-# MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), STEPS (60; Qwen2-Audio 120),
-# BATCH (prompts per step, 64; Qwen2-Audio 32), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
+# MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), STEPS (60),
+# BATCH (prompts per step, 64), MICRO_BATCH (sequences per actor pass: BATCH x N; Qwen2-Audio 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
 # Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, data/ (train/val/test clips + parquet), metrics.jsonl,
 # reward_curve.png, checkpoints/, hf_export/, eval.txt (eval.py's report; its last line is the accuracy).
 # Rerunning the same command resumes from the newest checkpoint.
@@ -38,10 +38,11 @@ if [[ "$ABLATION" == 1 ]]; then
 else
   EXP=${EXPERIMENT:-$NAME}; SILENT=
 fi
+STEPS=${STEPS:-60} BATCH=${BATCH:-64} N=${N:-8}
 # Qwen2-Audio's encoder takes 30 s of features per clip however short (30x the Omni's for these ~1 s tones):
-# 64 x 8 rollouts of them do not fit 24 GB of host memory, so half the batch for twice the steps
-BIG=64; LONG=60; [[ $FAMILY == qwen2_audio ]] && BIG=32 LONG=120
-STEPS=${STEPS:-$LONG} BATCH=${BATCH:-$BIG} N=${N:-8} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-1} SEED=${SEED:-0}
+# the trained encoder's activations for 512 of them took 16 GB at step 1, so its actor passes go 64 at a time
+MICRO=$((BATCH * N)); [[ $FAMILY == qwen2_audio ]] && MICRO=64
+MICRO=${MICRO_BATCH:-$MICRO} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-1} SEED=${SEED:-0}
 ENTROPY=${ENTROPY:-0}
 RUN=$OUTPUTS/$EXP MODEL=$OUTPUTS/$EXP/tiny_model DATA=$OUTPUTS/$EXP/data
 start=$(date +%s)
@@ -58,7 +59,8 @@ start=$(date +%s)
 #   ~2 times in 500, so 512 rollouts give GRPO a few groups with a signal from the first step, and a
 #   step's fixed cost dominates at this model size.
 # - bypass_mode: the old log-probs are the rollout's (fp32 on both sides, so they equal the actor's);
-#   use_remove_padding=false: on CPU packed sequences take a slow attention path; micro-batch = whole batch.
+#   use_remove_padding=false: on CPU packed sequences take a slow attention path; micro-batch = whole batch
+#   (Qwen2-Audio: 64, above).
 # - validation on the 64 val clips every 10 steps, greedy (verl's val_kwargs default).
 $PY -m verl_audio.trainer.main \
   trainer.experiment_name="$EXP" verl_audio.output_dir="$RUN" \
@@ -70,9 +72,9 @@ $PY -m verl_audio.trainer.main \
   actor_rollout_ref.rollout.n="$N" actor_rollout_ref.rollout.dtype=float32 \
   actor_rollout_ref.rollout.engine_kwargs.hf.batch_window_ms=200 \
   actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=512 \
-  actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$((BATCH * N))" \
+  actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu="$MICRO" \
   actor_rollout_ref.actor.optim.lr="$LR" actor_rollout_ref.actor.optim.weight_decay=0.0 \
-  actor_rollout_ref.actor.ppo_mini_batch_size="$BATCH" actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$((BATCH * N))" \
+  actor_rollout_ref.actor.ppo_mini_batch_size="$BATCH" actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="$MICRO" \
   actor_rollout_ref.actor.use_kl_loss=false actor_rollout_ref.actor.entropy_coeff="$ENTROPY" \
   actor_rollout_ref.actor.calculate_entropy=true algorithm.rollout_correction.bypass_mode=true \
   actor_rollout_ref.model.use_remove_padding=false \
