@@ -24,12 +24,15 @@ read at generation time, where an unreadable clip becomes the same kind of error
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from verl_audio.modality import ModalityError, row_modality
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("alr", "mmau", "mmar")
 CHOICE_TASKS = ("mmau", "mmar")
@@ -232,6 +235,16 @@ def load_alr(path: Path, root: Path | None) -> list[EvalItem]:
     return [alr_item(_plain(row), f"{path.name}:{i}", root.absolute() if root else None) for i, row in enumerate(rows)]
 
 
+def _check_layout(items: list[EvalItem], task: str) -> None:
+    """Warn when the items carry the other benchmark's first grouping and not this one's (--task mmau on MMAR)."""
+    raws = [i.raw for i in items if isinstance(i.raw, dict)]
+    for other in CHOICE_TASKS:
+        mine, theirs = GROUPINGS[task][0], GROUPINGS[other][0]
+        if other != task and raws and not any(mine in r for r in raws) and all(theirs in r for r in raws):
+            logger.warning("the items have %r and no %r: they look like %s items; --task %s groups them as %s "
+                           "does", theirs, mine, other.upper(), other, other.upper())
+
+
 def load_items(paths: Sequence[str | Path], task: str, audio_root: str | Path | None = None,
                prompt_template: str = DEFAULT_PROMPT_TEMPLATE, limit: int | None = None) -> list[EvalItem]:
     """Every item of ``paths`` in order (``limit``: the first N of each file); a repeated key fails the repeat."""
@@ -245,6 +258,8 @@ def load_items(paths: Sequence[str | Path], task: str, audio_root: str | Path | 
             raise FileNotFoundError(f"--data {path}: no such file")
         loaded = load_alr(path, root) if task == "alr" else load_mmau(path, root, prompt_template, task)
         items.extend(loaded[:limit] if limit is not None else loaded)
+    if task in CHOICE_TASKS:
+        _check_layout(items, task)
     seen: set[str] = set()
     for item in items:
         if item.key in seen:
