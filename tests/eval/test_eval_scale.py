@@ -162,7 +162,8 @@ def test_run_hands_device_dtype_and_data_limits_to_the_backend(tiny: Path, tmp_p
 
 def test_needed_limits_are_the_longest_prompt_and_most_clips(tiny: Path, tmp_path: Path) -> None:
     """Exactly the processor's token count of the longest prompt (audio tokens included) + max_new_tokens, on
-    the tiny Omni and on the tiny Qwen2-Audio, whose clips longer than 30 s enter as several windows (which count as clips)."""
+    the tiny Omni and on the tiny Qwen2-Audio, whose clips longer than 30 s enter as several windows (which
+    count as clips)."""
     from verl_audio.models.families import family_named
     from verl_audio.models.tiny_qwen2_audio import build_tiny_qwen2_audio
 
@@ -210,7 +211,8 @@ def test_vllm_backend_sizes_itself_from_the_data(tiny: Path, monkeypatch: pytest
     assert started["max_model_len"] == 999 and started["limit_mm_per_prompt"]["audio"] == 5
     assert started["dtype"] == "bfloat16"
     VLLMBackend(str(tiny))  # nothing to size from: the model's context
-    assert started["max_model_len"] == AutoConfig.from_pretrained(tiny).thinker_config.text_config.max_position_embeddings
+    context = AutoConfig.from_pretrained(tiny).thinker_config.text_config.max_position_embeddings
+    assert started["max_model_len"] == context
 
     other = "cuda" if current_platform.is_cpu() else "cpu"
     with pytest.raises(ValueError, match=f"--device {other}"):

@@ -217,6 +217,7 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     wanted = {k: settings[k] for k in PREDICTION_SETTINGS}
     if run_file.exists():
         before = json.loads(run_file.read_text())
+        before.setdefault("dtype", "float32")  # runs from before --dtype generated in float32
         changed = {k: (before.get(k), v) for k, v in wanted.items() if before.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -294,7 +295,7 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, A
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    args.device, args.dtype = resolve_device_dtype(args.device, args.dtype)
+    args.device, args.dtype = resolve_device_dtype(getattr(args, "device", None), getattr(args, "dtype", None))
     if backend is not None and getattr(backend, "dtype", None):
         args.dtype = backend.dtype  # a backend handed in was built in its own dtype
     choice = args.task in CHOICE_TASKS
@@ -321,7 +322,7 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, A
     if todo and backend is None:
         extra: dict[str, Any] = {}
         if args.backend == "vllm":
-            extra = {"max_model_len": args.max_model_len, "shapes": prompt_shapes(todo),
+            extra = {"max_model_len": getattr(args, "max_model_len", None), "shapes": prompt_shapes(todo),
                      "max_new_tokens": args.max_new_tokens}
         backend = make_backend(args.backend, str(args.model), device=args.device, dtype=args.dtype,
                                seed=args.seed, processor=args.processor, **extra)
