@@ -1,14 +1,25 @@
-"""``python -m verl_audio.eval``: a checkpoint and evaluation files -> predictions.jsonl, results.json, results.md.
+"""``python -m verl_audio.eval``: a checkpoint and evaluation files -> predictions.jsonl, results.json, results.md
+(and, for MMAU / MMAR, official_input.json).
 
-    python -m verl_audio.eval --model DIR --data FILE [--data FILE ...] --out DIR [--task alr|mmau]
+    python -m verl_audio.eval --model DIR --data FILE [--data FILE ...] --out DIR [--task alr|mmau|mmar]
         [--backend hf|vllm] [--batch-size N] [--max-new-tokens N] [--temperature T --n K] [--limit N]
-        [--audio-root DIR] [--prompt-template T] [--asr-model ID] [--device D]
+        [--audio-root DIR] [--prompt-template T] [--asr-model ID] [--device D] [--dtype D] [--max-model-len N]
 
 Each item is generated (greedy by default; ``--n K`` samples at ``--temperature``), scored by the shared
 scorer (``verl_audio.eval.scoring``), and appended to ``OUT/predictions.jsonl`` as soon as its batch is
 done; rerunning the same command skips the items already there (settings that change predictions must
-match ``OUT/run.json``). Items that cannot be asked or scored are written too, with the reason, and count
-in the table's ``n failed``.
+match ``OUT/run.json``). Items that cannot be asked or scored (a bad annotation, a missing clip, an
+unparsable answer) are written too, with the reason, and count in the table's ``n failed``; items whose
+generation raised (out of memory, a crashed engine) are written with ``retry`` set, count as failed in this
+run's table, and are generated again when the command is rerun.
+
+For ``--task mmau`` / ``mmar`` the table has the benchmark's own groupings (MMAU: task, difficulty,
+sub-category; MMAR: modality, category, sub-category; rows ``"<grouping>: <value>"``, then ``all``), and
+``OUT/official_input.json`` is the file the benchmark's own scorer reads: the annotation items as given (every
+field, input order), each with the answer text (the ``<answer>`` block when the response has one, else the
+whole response; the first sample's with ``--n K``) under ``model_output`` (MMAU's ``evaluation.py``) and
+``answer_prediction`` (MMAR's ``code/evaluation.py``); items that could not be answered carry ``""``, which
+both scorers count as wrong, as this table does.
 """
 
 from __future__ import annotations
@@ -21,18 +32,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from verl_audio.eval.generation import BACKENDS, Backend, Prompt, Response, Sampling, make_backend
-from verl_audio.eval.items import DEFAULT_PROMPT_TEMPLATE, TASKS, EvalItem, load_items
-from verl_audio.eval.scoring import ItemScore, SampleScore, score_alr, score_choice, table
+from verl_audio.eval.generation import (
+    BACKENDS,
+    DTYPES,
+    Backend,
+    Prompt,
+    PromptError,
+    PromptShape,
+    Response,
+    Sampling,
+    make_backend,
+    resolve_device_dtype,
+)
+from verl_audio.eval.items import (
+    CHOICE_TASKS,
+    DEFAULT_PROMPT_TEMPLATE,
+    GROUP_ORDER,
+    GROUPINGS,
+    TASKS,
+    EvalItem,
+    load_items,
+)
+from verl_audio.eval.scoring import (
+    ItemScore,
+    SampleScore,
+    extract_choice_text,
+    grouped_table,
+    score_alr,
+    score_choice,
+    table,
+)
 from verl_audio.plugin_state import PluginNotActive, require_plugin
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
+OFFICIAL_INPUT = "official_input.json"
 RUN_FILE = "run.json"
+#: the keys the official scorers read the answer from: MMAU's evaluation.py, MMAR's code/evaluation.py
+OFFICIAL_KEYS = ("model_output", "answer_prediction")
 #: settings that change what is predicted: a resumed run must use the same ones
 PREDICTION_SETTINGS = ("model", "backend", "task", "n", "temperature", "top_p", "max_new_tokens", "seed",
-                       "prompt_template", "asr_model", "max_speech_tokens")
+                       "prompt_template", "asr_model", "max_speech_tokens", "dtype")
 
 
 # ---- one batch ------------------------------------------------------------------------------------
@@ -63,7 +104,7 @@ def _generate(backend: Backend, prompts: list[Prompt], sampling: Sampling) -> li
 
 
 def _score(item: EvalItem, response: Response) -> SampleScore:
-    if item.task == "mmau":
+    if item.task in CHOICE_TASKS:
         return score_choice(response.text, item.ground_truth, item.choices)
     return score_alr(response.text, item.ground_truth)
 
@@ -74,7 +115,7 @@ def evaluate_batch(items: list[EvalItem], backend: Backend, sampling: Sampling,
     from verl_audio.data.audio import AudioError
     from verl_audio.eval.speech import transcribe_and_score
 
-    scores = [ItemScore(key=i.key, id=i.id, group=i.group, error=i.error) for i in items]
+    scores = [ItemScore(key=i.key, id=i.id, group=i.group, error=i.error, groups=dict(i.groups)) for i in items]
     ready, prompts = [], []
     for idx, item in enumerate(items):
         if item.error:
@@ -88,8 +129,12 @@ def evaluate_batch(items: list[EvalItem], backend: Backend, sampling: Sampling,
     to_speak: list[tuple[SampleScore, Prompt, Response]] = []
     for idx, prompt, out in zip(ready, prompts, outputs, strict=True):
         item = items[idx]
-        if isinstance(out, Exception):
+        if isinstance(out, PromptError):  # the backend can never take this prompt: final
+            scores[idx].error = f"cannot be asked: {out}"
+            continue
+        if isinstance(out, Exception):  # out of memory, a crashed engine, ...: generated again on resume
             scores[idx].error = f"generation failed: {type(out).__name__}: {out}"
+            scores[idx].retry = True
             continue
         try:
             samples = [_score(item, r) for r in out]
@@ -133,8 +178,9 @@ def to_record(item: EvalItem, score: ItemScore) -> dict[str, Any]:
     majority, majority_correct = score.majority()
     return {
         "key": item.key, "id": item.id, "task": item.task, "group": item.group, "source": item.source,
+        **({"groups": item.groups} if item.groups else {}),
         "ground_truth": item.ground_truth, **({"choices": item.choices} if item.choices else {}),
-        "error": score.error, "failed": score.failed, "failure": score.failure,
+        "error": score.error, "retry": score.retry, "failed": score.failed, "failure": score.failure,
         "correct": score.mean_correct(), "pass": score.passed(),
         "majority": majority, "majority_correct": majority_correct,
         "samples": [s.to_dict() for s in score.samples],
@@ -143,7 +189,8 @@ def to_record(item: EvalItem, score: ItemScore) -> dict[str, Any]:
 
 def from_record(record: dict[str, Any]) -> ItemScore:
     samples = [SampleScore(**s) for s in record.get("samples", [])]
-    return ItemScore(record["key"], record["id"], record["group"], samples, record.get("error"))
+    return ItemScore(record["key"], record["id"], record["group"], samples, record.get("error"),
+                     dict(record.get("groups") or {}), bool(record.get("retry")))
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
@@ -170,6 +217,7 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
     wanted = {k: settings[k] for k in PREDICTION_SETTINGS}
     if run_file.exists():
         before = json.loads(run_file.read_text())
+        before.setdefault("dtype", "float32")  # runs from before --dtype generated in float32
         changed = {k: (before.get(k), v) for k, v in wanted.items() if before.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -201,6 +249,44 @@ def _speech_factory(model: str, backend: Backend, device: str, seed: int, max_to
     return get
 
 
+def _clip_samples(path: str) -> int | None:
+    """A clip's length in 16 kHz samples from its header, None when the header cannot be read."""
+    import soundfile as sf
+
+    from verl_audio.models.audio_features import SAMPLING_RATE
+
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError):  # the item fails when its audio is read; it sizes nothing
+        return None
+    return (info.frames * SAMPLING_RATE + info.samplerate // 2) // info.samplerate
+
+
+def prompt_shapes(items: list[EvalItem]) -> list[PromptShape]:
+    """The shapes of the items that can be asked (``generation.needed_limits`` sizes vLLM from them)."""
+    shapes = []
+    for item in items:
+        if item.error:
+            continue
+        samples = [_clip_samples(a) for a in item.audios]
+        if all(n for n in samples):
+            shapes.append(PromptShape(item.prompt, tuple(samples)))
+    return shapes
+
+
+def official_input(items: list[EvalItem], records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The official scorers' input (module doc): each annotation item as read, plus the answer text under
+    ``OFFICIAL_KEYS``; ``""`` for an item that has no response. Items that were no JSON object are left out."""
+    out = []
+    for item in items:
+        if not isinstance(item.raw, dict):
+            continue
+        samples = records.get(item.key, {}).get("samples") or []
+        text = extract_choice_text(samples[0]["response"]) if samples else ""
+        out.append({**item.raw, **{key: text for key in OFFICIAL_KEYS}})
+    return out
+
+
 def run(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, Any]:
     """Evaluate (module doc) and return the results written to ``args.out``."""
     from tqdm import tqdm
@@ -209,22 +295,37 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, A
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.device, args.dtype = resolve_device_dtype(getattr(args, "device", None), getattr(args, "dtype", None))
+    if backend is not None and getattr(backend, "dtype", None):
+        args.dtype = backend.dtype  # a backend handed in was built in its own dtype
+    choice = args.task in CHOICE_TASKS
     settings = {
         "model": str(args.model), "backend": args.backend, "task": args.task, "n": args.n,
         "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed, "prompt_template": args.prompt_template if args.task == "mmau" else None,
-        "asr_model": args.asr_model, "max_speech_tokens": args.max_speech_tokens, "data": [str(d) for d in args.data], "limit": args.limit,
+        "seed": args.seed, "prompt_template": args.prompt_template if choice else None,
+        "asr_model": args.asr_model, "max_speech_tokens": args.max_speech_tokens, "dtype": args.dtype,
+        "device": args.device, "data": [str(d) for d in args.data], "limit": args.limit,
         "audio_root": str(args.audio_root) if args.audio_root else None,
     }
     check_run_settings(out, settings)
     items = load_items(args.data, args.task, args.audio_root, args.prompt_template, args.limit)
     pred_path = out / PREDICTIONS
     done = read_predictions(pred_path)
+    retry = {key for key, record in done.items() if record.get("retry")}
+    if retry:  # failed generations are done again; their lines go, so the file holds each item once
+        logger.info("%d item(s) whose generation failed are generated again", len(retry))
+        done = {key: record for key, record in done.items() if key not in retry}
+        pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()),
+                             encoding="utf-8")
     todo = [item for item in items if item.key not in done]
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.n, args.seed)
     if todo and backend is None:
-        backend = make_backend(args.backend, str(args.model), device=args.device, seed=args.seed,
-                               processor=args.processor)
+        extra: dict[str, Any] = {}
+        if args.backend == "vllm":
+            extra = {"max_model_len": getattr(args, "max_model_len", None), "shapes": prompt_shapes(todo),
+                     "max_new_tokens": args.max_new_tokens}
+        backend = make_backend(args.backend, str(args.model), device=args.device, dtype=args.dtype,
+                               seed=args.seed, processor=args.processor, **extra)
     speech = (_speech_factory(str(args.model), backend, args.device, args.seed, args.max_speech_tokens)
               if backend is not None else None)
     asr = {"asr_model": args.asr_model, "asr_device": args.device, "batch_size": args.batch_size}
@@ -239,8 +340,15 @@ def run(args: argparse.Namespace, backend: Backend | None = None) -> dict[str, A
             handle.flush()
             bar.update(len(batch))
     scores = [from_record(done[item.key]) for item in items]
-    results = {"settings": settings, "table": table(scores, args.n),
-               "failed": [{"key": s.key, "reason": s.failure} for s in scores if s.failed]}
+    if choice:
+        grouped = grouped_table(scores, GROUPINGS[args.task], args.n, GROUP_ORDER)
+        (out / OFFICIAL_INPUT).write_text(json.dumps(official_input(items, done), indent=1) + "\n")
+    results = {"settings": settings, "table": grouped if choice else table(scores, args.n),
+               "failed": [{"key": s.key, "reason": s.failure, "retry": s.retry} for s in scores if s.failed],
+               "to_retry": sum(s.retry for s in scores)}
+    if results["to_retry"]:
+        logger.warning("%d item(s) failed to generate; rerun the same command to generate them again",
+                       results["to_retry"])
     report.write(out, results)
     return results
 
@@ -250,7 +358,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Omni checkpoint dir (an export, hf_export/, or a base model)")
     p.add_argument("--data", required=True, action="append", help="an ALR parquet or an MMAU/MMAR json(l); repeatable")
     p.add_argument("--out", required=True, help="output folder (predictions.jsonl, results.json, results.md)")
-    p.add_argument("--task", choices=TASKS, default="alr", help="alr: ALR parquet rows; mmau: multiple choice")
+    p.add_argument("--task", choices=TASKS, default="alr",
+                   help="alr: ALR parquet rows; mmau / mmar: multiple choice, grouped as that benchmark groups")
     p.add_argument("--backend", choices=BACKENDS, default="hf", help="generation backend (default hf)")
     p.add_argument("--batch-size", type=int, default=8, help="items generated together (default 8)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="response budget in tokens (default 1024)")
@@ -260,14 +369,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N items of each --data file")
     p.add_argument("--audio-root", default=None,
-                   help="folder every audio path must lie in (mmau default: the annotation file's folder)")
+                   help="folder relative audio paths are resolved in and must stay in (mmau/mmar default: the "
+                        "annotation file's folder)")
     p.add_argument("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE,
                    help="mmau prompt with {question}, {choices} (one per line) or {choices_inline} (a, b or c)")
     p.add_argument("--max-speech-tokens", type=int, default=4096,
                    help="talker codec-token budget per spoken answer (default 4096, the Omni default)")
     p.add_argument("--asr-model", default="openai/whisper-large-v3", help="Whisper model id or dir for WER")
     p.add_argument("--processor", default=None, help="processor folder (default: --model)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu / cuda / cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="model dtype (default: bfloat16 on a GPU, float32 on the CPU)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="vllm context in tokens (default: the longest prompt, audio included, + --max-new-tokens)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -286,10 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.n > 1 and args.temperature == 0:
         print("error: --n > 1 needs --temperature > 0 (greedy samples are identical)", file=sys.stderr)
         return 2
-    if args.device is None:
-        import torch
-
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.max_model_len is not None and args.max_model_len < 1:
+        print("error: --max-model-len must be at least 1", file=sys.stderr)
+        return 2
     try:
         run(args)
     except (ValueError, FileNotFoundError) as err:

@@ -11,7 +11,14 @@ A backend is anything with ``generate(prompts, sampling) -> list[list[Response]]
   (``verl_audio.rollout.vllm.worker``): the same banned ids (placeholders, ids past the tokenizer) and
   log-prob mode as the `vllm` rollout. Prompts go in as ``chat_text`` (one ``<|AUDIO|>`` per clip: vLLM
   expands the run itself and would expand pre-expanded ids again) with the clips as ``multi_modal_data``;
-  the audio tokens vLLM ran with are checked against the clips' lengths for every prompt.
+  the audio tokens vLLM ran with are checked against the clips' lengths for every prompt. Its context
+  (``max_model_len``) and clips per prompt default to what the data needs (``needed_limits``): the longest
+  prompt, audio tokens included, plus ``max_new_tokens``, and the most clips (windows) any prompt holds.
+
+Both run in ``dtype`` on ``device``: ``resolve_device_dtype`` gives the defaults (cuda when there is one;
+bfloat16 on a GPU, float32 on the CPU). A backend raises ``PromptError`` for a prompt it can never take (too
+long for the model): that item fails for good, while any other exception (out of memory, a crashed engine)
+is a failed generation the CLI tries again on resume.
 
 A ``Response`` may carry the spoken answer (``audio``) when a backend produces speech itself; otherwise the
 CLI speaks rows whose output is audio with the training speech stage (``verl_audio.eval.speech.EvalSpeech``),
@@ -30,7 +37,53 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "vllm")
+DTYPES = ("bfloat16", "float16", "float32")
 AUDIO_TAG = "<audio>"
+
+
+class PromptError(ValueError):
+    """A prompt this backend can never generate for (e.g. longer than the model's context): a final failure."""
+
+
+def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """``(device, dtype)`` with the defaults filled in: cuda when available, else cpu; bfloat16 on a GPU,
+    float32 on the CPU."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    return device, dtype
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """What sizes a prompt without its audio: the user text and each clip's length in 16 kHz samples."""
+
+    text: str
+    clip_samples: tuple[int, ...] = ()
+
+
+def needed_limits(processor: Any, family: Any, shapes: list[PromptShape], max_new_tokens: int) -> tuple[int, int]:
+    """``(max_model_len, max_clips)`` the prompts need: the longest prompt's token count, each clip's audio
+    tokens included (counted by the processor on silent clips of the same lengths), plus ``max_new_tokens``;
+    and the most audio items (a family's windows counted) in one prompt, at least 1."""
+    from verl_audio.models.audio_features import SAMPLING_RATE
+
+    seconds = getattr(family, "window_seconds", None)
+    window = int(seconds * SAMPLING_RATE) if seconds else None
+    longest, clips, seen = 0, 1, {}
+    for shape in shapes:
+        key = (shape.text, shape.clip_samples)
+        if key not in seen:
+            silent = Prompt(shape.text, [np.zeros(n, dtype=np.float32) for n in shape.clip_samples])
+            seen[key] = len(prompt_token_ids(processor, silent))
+        longest = max(longest, seen[key])
+        clips = max(clips, sum(-(-n // window) if window else 1 for n in shape.clip_samples))
+    return longest + max_new_tokens, clips
 
 
 @dataclass(frozen=True)
@@ -132,7 +185,7 @@ class HFBackend:
             ids = prompt_token_ids(self.processor, prompt)
             room = self.generator.max_positions - len(ids)
             if room < 1:
-                raise ValueError(f"prompt of {len(ids)} tokens leaves no room within {self.generator.max_positions}")
+                raise PromptError(f"prompt of {len(ids)} tokens leaves no room within {self.generator.max_positions}")
             spec = SamplingSpec(max_tokens=min(sampling.max_new_tokens, room), temperature=sampling.temperature,
                                 top_p=sampling.top_p)
             clips = self.featurizer.prepare(ids, prompt.audios)
@@ -145,12 +198,19 @@ class HFBackend:
 
 
 class VLLMBackend:
-    """Offline vLLM on the checkpoint (module doc); needs vLLM installed and, on CPU, head dim >= 32."""
+    """Offline vLLM on the checkpoint (module doc); needs vLLM installed and, on CPU, head dim >= 32.
+
+    ``max_model_len`` / ``max_clips`` left None are what ``shapes`` need (``needed_limits``, the context capped
+    at the model's), or the model's context and one clip when no shapes are given. ``device`` is the
+    platform vLLM is built for (``cuda`` / ``cuda:N``, which picks the GPU, or ``cpu``); another is refused.
+    """
 
     name = "vllm"
 
-    def __init__(self, model: str, *, dtype: str = "float32", processor: str | None = None, seed: int = 0,
-                 max_model_len: int = 8192, max_clips: int = 4) -> None:
+    def __init__(self, model: str, *, device: str | None = None, dtype: str = "float32",
+                 processor: str | None = None, seed: int = 0, max_model_len: int | None = None,
+                 max_clips: int | None = None, shapes: list[PromptShape] | None = None,
+                 max_new_tokens: int = 1024) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -161,16 +221,33 @@ class VLLMBackend:
         from verl_audio.models.families import family_of_config
         from verl_audio.rollout.vllm.server import WORKER_EXTENSION
 
-        if current_platform.is_cpu():
-            # vLLM's CPU build sizes its KV cache from this (else a fraction of all host memory); 1 GB as in training
-            import os
+        import os
 
+        platform = "cpu" if current_platform.is_cpu() else "cuda"
+        if device is not None and device.split(":")[0] != platform:
+            raise ValueError(f"--device {device}: the installed vLLM runs on {platform} only")
+        if device is not None and ":" in device:  # vLLM takes the first visible GPU; its workers inherit this
+            os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        if platform == "cpu":
+            # vLLM's CPU build sizes its KV cache from this (else a fraction of all host memory); 1 GB as in training
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        self.family = family_of_config(AutoConfig.from_pretrained(str(model)))
+        hf_config = AutoConfig.from_pretrained(str(model))
+        self.family = family_of_config(hf_config)
         self.processor = self.family.load_processor(processor or model)
         self.dtype = dtype
-        self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=max_model_len,
-                       limit_mm_per_prompt={"audio": max_clips, "image": 0, "video": 0},
+        context = int(self.family.text_config(hf_config).max_position_embeddings)
+        if shapes:
+            need_len, need_clips = needed_limits(self.processor, self.family, shapes, max_new_tokens)
+            if need_len > context:
+                logger.warning("the longest prompt + %d new tokens needs %d tokens; the model holds %d",
+                               max_new_tokens, need_len, context)
+        else:
+            need_len, need_clips = context, 1
+        self.max_model_len = max_model_len or min(need_len, context)
+        self.max_clips = max_clips or need_clips
+        logger.info("vLLM: max_model_len %d, %d audio item(s) per prompt", self.max_model_len, self.max_clips)
+        self.llm = LLM(model=str(model), dtype=dtype, seed=seed, max_model_len=self.max_model_len,
+                       limit_mm_per_prompt={"audio": self.max_clips, "image": 0, "video": 0},
                        enforce_eager=current_platform.is_cpu(), logprobs_mode="raw_logprobs",
                        worker_extension_cls=WORKER_EXTENSION)
         hf_config = self.llm.llm_engine.model_config.hf_config
@@ -213,9 +290,10 @@ class VLLMBackend:
 
 
 def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
-    """The backend called ``name`` (``BACKENDS``) for the checkpoint ``model``."""
+    """The backend called ``name`` (``BACKENDS``) for the checkpoint ``model``; ``kwargs`` are the backend's
+    keyword arguments (the ``hf`` backend takes device, dtype, processor and seed of them)."""
     if name == "hf":
         return HFBackend(model, **{k: v for k, v in kwargs.items() if k in ("device", "dtype", "processor", "seed")})
     if name == "vllm":
-        return VLLMBackend(model, **{k: v for k, v in kwargs.items() if k in ("dtype", "processor", "seed")})
+        return VLLMBackend(model, **kwargs)
     raise ValueError(f"--backend must be one of {BACKENDS}, got {name!r}")

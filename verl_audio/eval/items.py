@@ -3,9 +3,17 @@
 * ``alr``: the parquet ``examples/data_preprocess/alr.py`` writes (any mode; each row carries its
   ``input_modality`` / ``output_modality`` in ``extra_info``). The prompt is the row's own, audio the
   row's ``audios``.
-* ``mmau``: a json list or jsonl of items in the MMAU / MMAR layout: ``id``, an audio path
-  (``audio_id`` in MMAU, ``audio_path`` in MMAR, or ``audio``), ``question``, ``choices``, ``answer``, and a
-  category (``category``, else ``task`` / ``modality``). The prompt is built from ``prompt_template``.
+* ``mmau`` / ``mmar``: a json list or jsonl of multiple-choice items in the MMAU / MMAR layout: ``id``, an
+  audio path (``audio_id`` in MMAU, ``audio_path`` in MMAR, or ``audio``), ``question``, ``choices``,
+  ``answer``. The prompt is built from ``prompt_template``. Each item keeps its original annotation (``raw``,
+  for the benchmark's own scorer) and the fields the benchmark's tables group by (``GROUPINGS``): MMAU's
+  ``task``, ``difficulty``, ``sub-category``; MMAR's ``modality``, ``category``, ``sub-category``. An item
+  without one of them is left out of that grouping's rows (as the official scorers treat ``sub-category``).
+  Empty choices (four MMAR items end with ``""``) are left out of the prompt and of parsing; they add no
+  word to the match rule, so the official scorers ignore them too.
+
+Relative audio paths are resolved against ``--audio-root`` when it is given, else against the annotation
+file's folder; either way that folder is the boundary no audio path may leave.
 
 A bad row or item does not stop the run and is not dropped: it becomes an item with ``error`` set (a
 missing field, an answer that is not one of the choices, an audio path outside ``--audio-root``, a
@@ -16,6 +24,7 @@ read at generation time, where an unreadable clip becomes the same kind of error
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +32,27 @@ from typing import Any
 
 from verl_audio.modality import ModalityError, row_modality
 
-TASKS = ("alr", "mmau")
+logger = logging.getLogger(__name__)
+
+TASKS = ("alr", "mmau", "mmar")
+CHOICE_TASKS = ("mmau", "mmar")
+#: the fields each benchmark's official scorer groups its accuracies by, in its print order
+GROUPINGS: dict[str, tuple[str, ...]] = {
+    "mmau": ("task", "difficulty", "sub-category"),
+    "mmar": ("modality", "category", "sub-category"),
+}
+#: the values the official scorers print first, in their order (others follow in the order first seen)
+GROUP_ORDER: dict[str, tuple[str, ...]] = {
+    "task": ("sound", "music", "speech"),
+    "difficulty": ("easy", "hard", "medium"),
+    "modality": ("sound", "music", "speech", "mix-sound-music", "mix-sound-speech", "mix-music-speech",
+                 "mix-sound-music-speech"),
+    "category": ("Signal Layer", "Perception Layer", "Semantic Layer", "Cultural Layer"),
+}
 AUDIO_TAG = "<audio>"
 #: the default multiple-choice prompt: the question, the choices one per line, and what to answer with
 DEFAULT_PROMPT_TEMPLATE = "<audio>{question}\nChoices:\n{choices}\nAnswer with the text of one choice."
 _AUDIO_KEYS = ("audio_id", "audio_path", "audio")
-_CATEGORY_KEYS = ("category", "task", "modality")
 
 
 @dataclass
@@ -38,7 +62,7 @@ class EvalItem:
     key: str  # unique within a run: what resume matches on
     id: str
     task: str  # alr | mmau
-    group: str  # table row: mode (alr) or category (mmau)
+    group: str  # table row: mode (alr), or the first grouping's value (mmau: task, mmar: modality)
     source: str  # file:line (or file:row) it came from
     prompt: str = ""
     audios: list[str] = field(default_factory=list)
@@ -46,6 +70,8 @@ class EvalItem:
     choices: list[str] = field(default_factory=list)
     extra_info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    groups: dict[str, str] = field(default_factory=dict)  # multiple choice: grouping field -> value
+    raw: Any = None  # multiple choice: the annotation item as read (what official_input.json repeats)
 
     @property
     def output_modality(self) -> str:
@@ -79,32 +105,43 @@ def _str(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def mmau_item(raw: Any, source: str, base: Path, root: Path, template: str) -> EvalItem:
+def _group_value(value: Any) -> str | None:
+    """A grouping field's value as a row name: strings as they are, a list's items joined, None when absent."""
+    if isinstance(value, list):
+        value = ", ".join(str(v) for v in value)
+    return None if value is None or str(value) == "" else str(value)
+
+
+def mmau_item(raw: Any, source: str, base: Path, root: Path, template: str, task: str = "mmau") -> EvalItem:
     """One MMAU / MMAR annotation -> EvalItem (``error`` set when it cannot be asked or scored)."""
     if not isinstance(raw, dict):
-        return EvalItem(key=f"mmau:{source}", id=source, task="mmau", group="?", source=source,
+        return EvalItem(key=f"{task}:{source}", id=source, task=task, group="?", source=source, raw=raw,
                         error=f"bad item: not an object ({type(raw).__name__})")
     rid = raw.get("id")
     rid = str(rid).strip() if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid).strip() else None
-    category = next((_str(raw.get(k)) for k in _CATEGORY_KEYS if _str(raw.get(k))), "uncategorized")
-    item = EvalItem(key=f"mmau:{rid or source}", id=rid or source, task="mmau", group=category, source=source)
+    groups = {name: v for name in GROUPINGS[task] if (v := _group_value(raw.get(name))) is not None}
+    group = next(iter(groups.values()), "uncategorized")
+    item = EvalItem(key=f"{task}:{rid or source}", id=rid or source, task=task, group=group, source=source,
+                    groups=groups, raw=raw)
     choices = raw.get("choices")
     answer = _str(raw.get("answer"))
     question = _str(raw.get("question"))
     audio = next((raw[k] for k in _AUDIO_KEYS if _str(raw.get(k))), None)
+    asked = [c.strip() for c in choices if _str(c)] if isinstance(choices, list) else []
     if rid is None:
         item.error = "bad item: missing id"
     elif question is None:
         item.error = "bad item: missing question"
-    elif not isinstance(choices, list) or len(choices) < 2 or not all(_str(c) for c in choices):
-        item.error = "bad item: choices must be a list of at least two non-empty strings"
+    elif (not isinstance(choices, list) or len(asked) < 2
+          or not all(isinstance(c, str) for c in choices)):
+        item.error = "bad item: choices must be a list of strings, at least two of them non-empty"
     elif answer is None:
         item.error = "bad item: missing answer"
     elif audio is None:
         item.error = f"bad item: no audio path ({' / '.join(_AUDIO_KEYS)})"
     if item.error:
         return item
-    item.choices = [c.strip() for c in choices]
+    item.choices = asked  # empty choices are not asked; they add no word to the match rule either
     item.ground_truth = answer
     if answer not in item.choices:
         item.error = f"bad item: answer {answer!r} is not one of the choices"
@@ -120,16 +157,19 @@ def mmau_item(raw: Any, source: str, base: Path, root: Path, template: str) -> E
     return item
 
 
-def load_mmau(path: Path, root: Path | None, template: str) -> list[EvalItem]:
-    """Items of a json (list) or jsonl file; a line that is not JSON becomes a failed item."""
+def load_mmau(path: Path, root: Path | None, template: str, task: str = "mmau") -> list[EvalItem]:
+    """Items of a json (list) or jsonl file; a line that is not JSON becomes a failed item.
+
+    Relative audio paths ("./test-mini-audios/x.wav") are resolved against ``root`` (``--audio-root``), else
+    against the annotation file's folder; that folder is also the boundary.
+    """
     root = (root or path.parent).absolute()
-    base = path.parent.absolute()  # MMAU paths ("./test-mini-audios/x.wav") are relative to the annotation
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         data = json.loads(text)
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
-        return [mmau_item(raw, f"{path.name}:{i}", base, root, template) for i, raw in enumerate(data)]
+        return [mmau_item(raw, f"{path.name}:{i}", root, root, template, task) for i, raw in enumerate(data)]
     items = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -138,10 +178,10 @@ def load_mmau(path: Path, root: Path | None, template: str) -> list[EvalItem]:
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as err:
-            items.append(EvalItem(key=f"mmau:{source}", id=source, task="mmau", group="?", source=source,
-                                  error=f"bad item: not JSON ({err.msg})"))
+            items.append(EvalItem(key=f"{task}:{source}", id=source, task=task, group="?", source=source,
+                                  raw=line, error=f"bad item: not JSON ({err.msg})"))
             continue
-        items.append(mmau_item(raw, source, base, root, template))
+        items.append(mmau_item(raw, source, root, root, template, task))
     return items
 
 
@@ -195,6 +235,16 @@ def load_alr(path: Path, root: Path | None) -> list[EvalItem]:
     return [alr_item(_plain(row), f"{path.name}:{i}", root.absolute() if root else None) for i, row in enumerate(rows)]
 
 
+def _check_layout(items: list[EvalItem], task: str) -> None:
+    """Warn when the items carry the other benchmark's first grouping and not this one's (--task mmau on MMAR)."""
+    raws = [i.raw for i in items if isinstance(i.raw, dict)]
+    for other in CHOICE_TASKS:
+        mine, theirs = GROUPINGS[task][0], GROUPINGS[other][0]
+        if other != task and raws and not any(mine in r for r in raws) and all(theirs in r for r in raws):
+            logger.warning("the items have %r and no %r: they look like %s items; --task %s groups them as %s "
+                           "does", theirs, mine, other.upper(), other, other.upper())
+
+
 def load_items(paths: Sequence[str | Path], task: str, audio_root: str | Path | None = None,
                prompt_template: str = DEFAULT_PROMPT_TEMPLATE, limit: int | None = None) -> list[EvalItem]:
     """Every item of ``paths`` in order (``limit``: the first N of each file); a repeated key fails the repeat."""
@@ -206,8 +256,10 @@ def load_items(paths: Sequence[str | Path], task: str, audio_root: str | Path | 
         path = Path(p)
         if not path.is_file():
             raise FileNotFoundError(f"--data {path}: no such file")
-        loaded = load_alr(path, root) if task == "alr" else load_mmau(path, root, prompt_template)
+        loaded = load_alr(path, root) if task == "alr" else load_mmau(path, root, prompt_template, task)
         items.extend(loaded[:limit] if limit is not None else loaded)
+    if task in CHOICE_TASKS:
+        _check_layout(items, task)
     seen: set[str] = set()
     for item in items:
         if item.key in seen:

@@ -1,4 +1,5 @@
-"""``results.json`` and ``results.md``: the table laid out like the paper's, one row per mode or category."""
+"""``results.json`` and ``results.md``: the table laid out like the paper's, one row per mode, or for MMAU /
+MMAR one row per value of each of the benchmark's groupings (``task: sound``, ...)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def markdown(results: dict[str, Any]) -> str:
     if failures:
         lines += ["", "Failures (counted in the accuracy denominator as wrong):", ""]
         lines += [f"- {count} × {reason}" for reason, count in failures.items()]
+    if results.get("to_retry"):
+        lines += ["", f"{results['to_retry']} item(s) failed to generate (listed above); rerunning the same "
+                  "command generates them again and keeps the rest."]
     speech = results["table"].get("all", {}).get("speech_errors", {})
     if speech:
         lines += ["", "Speech not scored (no WER):", ""]

@@ -12,8 +12,9 @@ Per response:
   only a wrong choice has. The parsed answer is the one choice the rule accepts; when it accepts none the
   response is unparsed (wrong, listed). Nothing is drawn at random: the same response always scores the same.
 
-Per table row (``summarize``; a row is a mode such as ``audio_to_text`` or a benchmark category), over the
-*items* given (rows in = rows scored + rows failed):
+Per table row (``summarize``; a row is a mode such as ``audio_to_text``, or for multiple choice one value of
+one of the benchmark's groupings, such as ``task: sound`` (``grouped_table``)), over the *items* given
+(rows in = rows scored + rows failed):
 
 * ``accuracy`` = items correct / all items (an item that failed counts as wrong, never leaves the
   denominator); with K samples per item, an item's correctness is the mean over its samples (``mean@K``),
@@ -78,6 +79,8 @@ class ItemScore:
     group: str  # the table row: the mode (ALR) or the category (multiple choice)
     samples: list[SampleScore] = field(default_factory=list)
     error: str | None = None
+    groups: dict[str, str] = field(default_factory=dict)  # multiple choice: grouping field -> value
+    retry: bool = False  # the error is a failed generation (OOM, a crashed engine): generated again on resume
 
     @property
     def failed(self) -> bool:
@@ -204,6 +207,25 @@ def table(items: Iterable[ItemScore], k: int = 1) -> dict[str, dict[str, Any]]:
     for item in items:
         by_group.setdefault(item.group, []).append(item)
     out = {group: summarize(by_group[group], k) for group in group_order(by_group)}
+    out["all"] = summarize(items, k)
+    return out
+
+
+def grouped_table(items: Iterable[ItemScore], groupings: Sequence[str], k: int = 1,
+                  order: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """The benchmarks' tables in one: ``{"<grouping>: <value>": summarize(items with that value)}`` for each
+    grouping in turn, then ``all``. Values listed in ``order[grouping]`` come first in that order, the others
+    in the order first seen; an item without a value for a grouping is in none of its rows."""
+    items = list(items)
+    out: dict[str, dict[str, Any]] = {}
+    for grouping in groupings:
+        by_value: dict[str, list[ItemScore]] = {}
+        for item in items:
+            if grouping in item.groups:
+                by_value.setdefault(item.groups[grouping], []).append(item)
+        known = [v for v in (order or {}).get(grouping, ()) if v in by_value]
+        for value in known + [v for v in by_value if v not in known]:
+            out[f"{grouping}: {value}"] = summarize(by_value[value], k)
     out["all"] = summarize(items, k)
     return out
 
