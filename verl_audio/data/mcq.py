@@ -194,7 +194,9 @@ def _answer(data: dict, choices: list[str]) -> int:
     if answer.strip() not in choices:
         raise RowError(f"answer {answer.strip()!r} is not one of the choices {choices!r}", kind="answer not a choice")
     index = choices.index(answer.strip())
-    if not string_match(choices[index], choices[index], choices):
+    others = [c for c in choices if c != choices[index]]
+    if not string_match(choices[index], choices[index], choices) or any(
+            string_match(c, choices[index], choices) for c in others):
         # e.g. "A-B" beside "a b": the benchmarks' word-set rule could never credit (or tell apart) this answer
         raise RowError(f"answer {choices[index]!r} cannot be told from the other choices by the benchmarks' "
                        f"word-matching rule ({choices!r})", kind="ambiguous choices")
