@@ -99,13 +99,16 @@ def _components(text: str, ground_truth: Any, extra_info: Mapping[str, Any], set
 
 
 def mix_score(components: Mapping[str, Any], mix: RewardMix) -> float:
-    """`Σ weight · value` over applicable (non-None) components; a gated answer needs format == 1."""
+    """`Σ weight · value` over applicable (non-None) components of the mix; a gated answer needs format == 1,
+    and a component of `mix.gates` needs its gate component == 1."""
     total = 0.0
-    for name in COMPONENTS:
+    for name in mix.components:
         value, weight = components[name], mix.weights[name]
         if value is None or weight == 0.0:
             continue
         if name == "answer" and mix.gate_answer_on_format and components["format"] != 1.0:
+            continue
+        if name in mix.gates and components[mix.gates[name]] != 1.0:
             continue
         total += weight * float(value)
     return total

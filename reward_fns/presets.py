@@ -1,4 +1,8 @@
-"""Named reward mixes: component weights plus whether the answer reward needs the format to hold."""
+"""Named reward mixes: component weights plus which components count only when another one holds.
+
+A mix names its component set (``components``: the ALR rules' ``COMPONENTS`` by default; the multiple-choice
+reward, ``reward_fns/choice.py``, passes its own) so that one composer (``mix_score``) serves every task.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,20 @@ class RewardMix:
     """weight per component name (absent means 0)"""
     gate_answer_on_format: bool = False
     """when True the answer adds nothing unless the format rule holds (the paper's gating)"""
+    gates: Mapping[str, str] = field(default_factory=dict)
+    """component -> the component that must be 1.0 for it to count (more gates beside the answer/format one)"""
+    components: tuple[str, ...] = COMPONENTS
+    """the component names this mix weighs (every result holds all of them)"""
 
     def __post_init__(self) -> None:
-        unknown = set(self.weights) - set(COMPONENTS)
+        unknown = (set(self.weights) | set(self.gates) | set(self.gates.values())) - set(self.components)
         if unknown:
-            raise ValueError(f"unknown reward components {sorted(unknown)}; known: {COMPONENTS}")
+            raise ValueError(f"unknown reward components {sorted(unknown)}; known: {self.components}")
+        object.__setattr__(self, "gates", MappingProxyType(dict(self.gates)))
         for name, weight in self.weights.items():
             if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight):
                 raise ValueError(f"weight of {name!r} must be a finite number, got {weight!r}")
-        full = {name: float(self.weights.get(name, 0.0)) for name in COMPONENTS}
+        full = {name: float(self.weights.get(name, 0.0)) for name in self.components}
         object.__setattr__(self, "weights", MappingProxyType(full))
 
     def weight(self, name: str) -> float:
@@ -53,11 +62,13 @@ def resolve_mix(
     preset: str = "soundmind",
     weights: Mapping[str, float] | None = None,
     gate_answer_on_format: bool | None = None,
+    presets: Mapping[str, RewardMix] = PRESETS,
 ) -> RewardMix:
-    """The named preset, with any weights given explicitly replacing the preset's for those components."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown reward preset {preset!r}; known: {sorted(PRESETS)}")
-    mix = PRESETS[preset]
+    """The named preset of ``presets``, with any weights given explicitly replacing the preset's for those
+    components."""
+    if preset not in presets:
+        raise ValueError(f"unknown reward preset {preset!r}; known: {sorted(presets)}")
+    mix = presets[preset]
     if weights:
         mix = replace(mix, weights={**mix.weights, **{str(k): v for k, v in dict(weights).items()}})
     if gate_answer_on_format is not None:

@@ -1,6 +1,6 @@
 """Compose the recipe's config for each variant and run the trainer's checks on it, in one process; prints JSON.
 
-    python tests/recipe_config_run.py OUTPUTS VARIANT [VARIANT ...]     (VARIANT: preset/rollout/input/output)
+    python tests/recipe_config_run.py OUTPUTS VARIANT [VARIANT ...]     (VARIANT: [task:]preset/rollout/input/output)
 
 For each variant: the recipe's plan (``verl_audio.trainer.recipe``: preparation steps and overrides, as
 ``recipes/soundmind_alr.sh`` runs them) -> the config Hydra composes from those overrides -> the trainer's
@@ -28,10 +28,12 @@ def main(outputs: Path, variants: list[str]) -> None:
     results = {}
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         for variant in variants:
-            preset, rollout, source, target = variant.split("/")
-            tiny = Settings("soundmind_alr", "tiny", rollout, source, target, outputs, f"tiny_{source}_{target}")
+            task, _, rest = variant.rpartition(":")
+            task = task or "soundmind_alr"
+            preset, rollout, source, target = rest.split("/")
+            tiny = Settings(task, "tiny", rollout, source, target, outputs, f"{task}_tiny_{source}_{target}")
             settings = tiny if preset == "tiny" else Settings(
-                "soundmind_alr", "paper", rollout, source, target, outputs, f"paper_{rollout}_{source}_{target}",
+                task, "paper", rollout, source, target, outputs, f"{task}_paper_{rollout}_{source}_{target}",
                 model_path=str(tiny.run_dir / "tiny_omni"), data_dir=str(tiny.run_dir / "data"), dry_run=True)
             try:
                 plan(tiny, gpu=False).prepare()  # the tiny model and data (each step skips itself once done)
@@ -42,6 +44,8 @@ def main(outputs: Path, variants: list[str]) -> None:
                 rollout_cfg = config.actor_rollout_ref.rollout
                 results[variant] = {"ok": True, "speech": bool(rollout_cfg.engine_kwargs.speech.enable),
                                     "rollout": rollout_cfg.name, "device": config.trainer.device,
+                                    "reward": config.reward.custom_reward_function.path,
+                                    "agent_loop": rollout_cfg.agent.default_agent_loop,
                                     "config_yaml": (Path(config.verl_audio.output_dir) / "config.yaml").is_file()}
             except Exception as err:  # noqa: BLE001 - reported per variant
                 results[variant] = {"ok": False, "error": f"{type(err).__name__}: {err}",

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +27,18 @@ ROLLOUTS = ["hf", "vllm"] if importlib.util.find_spec("vllm") is not None else [
 MODES = [("audio", "text"), ("audio", "audio"), ("text", "audio")]
 VARIANTS = [f"{preset}/{rollout}/{source}/{target}" for preset in ("tiny", "paper") for rollout in ROLLOUTS
             for source, target in MODES]
+#: the audio multiple-choice task (recipes/audio_mcq.sh): audio in, text out, both presets and rollouts
+MCQ_VARIANTS = [f"audio_mcq:{preset}/{rollout}/audio/text" for preset in ("tiny", "paper") for rollout in ROLLOUTS]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("recipe_configs")
-    proc = subprocess.run([sys.executable, str(RUN), str(out), *VARIANTS], capture_output=True, text=True,
-                          timeout=900)
+    # the helper imports ``helpers.*``: run it with the tests folder on its path, as pytest has it
+    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    proc = subprocess.run([sys.executable, str(RUN), str(out), *VARIANTS, *MCQ_VARIANTS], capture_output=True,
+                          text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -44,6 +51,32 @@ def test_variant_config_builds_in_every_worker(results: dict, variant: str) -> N
     assert result["rollout"] == rollout and result["config_yaml"]
     assert result["speech"] == (target == "audio")  # decided from the prepared rows
     assert result["device"] == ("cpu" if preset == "tiny" else "cuda")
+
+
+@pytest.mark.parametrize("variant", MCQ_VARIANTS)
+def test_audio_mcq_config_builds_in_every_worker(results: dict, variant: str) -> None:
+    """The audio_mcq task: the choice reward, verl-audio's agent loop (it marks whether responses ended)."""
+    result = results[variant]
+    assert result["ok"], result.get("trace")
+    assert result["reward"] == "pkg://reward_fns.choice" and result["agent_loop"] == "speech_single_turn_agent"
+    assert result["speech"] is False and result["config_yaml"]
+
+
+def test_audio_mcq_settings_and_overrides() -> None:
+    from verl_audio.trainer.recipe import RecipeError, Settings, plan, settings_from_env
+
+    settings = settings_from_env("audio_mcq", {"REWARD_PRESET": "audiomcq"}, gpu=False)
+    assert (settings.preset, settings.experiment, settings.reward_preset) == ("tiny", "audio_mcq_tiny", "audiomcq")
+    overrides = plan(settings, gpu=False).overrides
+    assert overrides.index("reward.custom_reward_function.path=pkg://reward_fns.choice") < overrides.index(
+        "data.max_response_length=32")  # the task's overrides first, then the preset's
+    assert overrides[-1] == "++reward.custom_reward_function.reward_kwargs.preset=audiomcq"
+    assert "reward_kwargs" not in " ".join(plan(settings_from_env("soundmind_alr", {}, gpu=False), gpu=False).overrides)
+    with pytest.raises(RecipeError, match="INPUT_MODALITY=audio and OUTPUT_MODALITY=text only"):
+        settings_from_env("audio_mcq", {"OUTPUT_MODALITY": "audio"}, gpu=False)
+    missing = Settings("audio_mcq", "paper", "vllm", "audio", "text", Path("o"), "e", data_dir="/nonexistent")
+    with pytest.raises(RecipeError, match=r"examples/data_preprocess/audio_mcq.py .* --split train"):
+        plan(missing, gpu=True)
 
 
 def test_engine_kwargs_are_declared_with_the_options_defaults() -> None:

@@ -51,7 +51,8 @@ def test_the_data_turns_speech_on_and_selects_the_speaking_agent_loop(tmp_path: 
 
     text_only = trainer_config(model, val, val)
     assert configure(text_only) is False
-    assert text_only.actor_rollout_ref.rollout.agent.default_agent_loop == "single_turn_agent"
+    # text only: no speech, but verl-audio's loop still runs (it marks whether each response ended)
+    assert text_only.actor_rollout_ref.rollout.agent.default_agent_loop == "speech_single_turn_agent"
     with pytest.raises(ValueError, match="1 rows ask for output_modality 'audio'"):
         configure(trainer_config(model, train, val, {"enable": False}))
 

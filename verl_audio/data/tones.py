@@ -2,10 +2,14 @@
 
 Used as a fast sanity task for audio RL (a policy that hears its input should reach ~100%).
 The bands are far apart (200-600 Hz vs 1500-3000 Hz), so the label is never ambiguous.
+
+The multiple-choice variant (``generate_tone_mcq``, ``examples/hear_tones_mcq``) asks "How high is the tone?"
+with four pitch bands as choices in shuffled order (``MCQ_BANDS``) and writes MMAU-style annotation items.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -20,6 +24,15 @@ TONE_PROMPT = f"<audio>{TONE_QUESTION} {TONE_INSTRUCTION}"
 TONE_LABELS: tuple[str, str] = ("high", "low")
 
 BANDS: dict[str, tuple[float, float]] = {"high": (1500.0, 3000.0), "low": (200.0, 600.0)}
+#: the multiple-choice variant's answers and their bands (Hz); gaps between neighbours keep every clip unambiguous
+MCQ_BANDS: dict[str, tuple[float, float]] = {
+    "very low": (150.0, 300.0),
+    "low": (400.0, 700.0),
+    "high": (1300.0, 2000.0),
+    "very high": (2800.0, 4000.0),
+}
+MCQ_QUESTION = "How high is the tone?"
+MCQ_DATASET = "hear_tones_mcq"
 DURATION_S = (0.5, 1.5)
 AMPLITUDE = (0.1, 0.5)  # peak amplitude of the tone, full scale = 1.0
 SNR_DB = (20.0, 40.0)  # white noise, when enabled
@@ -65,19 +78,77 @@ def generate_tones(out_dir: str | Path, n: int, seed: int = 0, noise: bool = Tru
     rng.shuffle(labels)
     records = []
     for i, label in enumerate(labels):
-        freq = rng.uniform(*BANDS[label])
-        n_samples = int(round(rng.uniform(*DURATION_S) * SAMPLE_RATE))
-        duration = n_samples / SAMPLE_RATE
-        amplitude = rng.uniform(*AMPLITUDE)
-        wave = tone(freq, duration, amplitude, phase=rng.uniform(0, 2 * np.pi))
-        snr = rng.uniform(*SNR_DB) if noise else None
-        if snr is not None:
-            wave = add_noise(wave, snr, noise_rng)
-        path = out / f"{label}_{i:04d}.wav"
-        sf.write(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-        records.append(dict(path=str(path), label=label, freq=freq, duration=duration,
-                            amplitude=amplitude, snr=snr))
+        records.append(_write_tone(out / f"{label}_{i:04d}.wav", label, BANDS[label], rng, noise_rng, noise))
     return records
+
+
+def _write_tone(path: Path, label: str, band: tuple[float, float], rng: random.Random,
+                noise_rng: np.random.Generator, noise: bool) -> dict:
+    """Draw one clip of ``band`` (frequency, length, level, phase, noise), write it, return its record."""
+    freq = rng.uniform(*band)
+    n_samples = int(round(rng.uniform(*DURATION_S) * SAMPLE_RATE))
+    duration = n_samples / SAMPLE_RATE
+    amplitude = rng.uniform(*AMPLITUDE)
+    wave = tone(freq, duration, amplitude, phase=rng.uniform(0, 2 * np.pi))
+    snr = rng.uniform(*SNR_DB) if noise else None
+    if snr is not None:
+        wave = add_noise(wave, snr, noise_rng)
+    sf.write(path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+    return dict(path=str(path), label=label, freq=freq, duration=duration, amplitude=amplitude, snr=snr)
+
+
+def generate_tone_mcq(out_dir: str | Path, n: int, seed: int = 0, noise: bool = True, silent: bool = False,
+                      audio_folder: str = "audio") -> list[dict]:
+    """Write ``n`` tone clips to ``out_dir/<audio_folder>/tone_<index:04d>.wav`` and return their MMAU-style items.
+
+    Answers are balanced over ``MCQ_BANDS`` (``n // 4`` each, the rest drawn at random) and shuffled by ``seed``;
+    each item lists the four bands as choices in its own shuffled order. Items: ``id``, ``audio_id`` (relative to
+    ``out_dir``, as MMAU's ``./test-mini-audios/...``), ``question``, ``choices``, ``answer``, ``dataset``,
+    ``task`` (sound), ``difficulty`` (easy for one-word answers, medium for two), ``category`` (pitch),
+    ``sub-category`` (the answer's band), ``freq`` (Hz) and ``duration`` (s). ``silent``: the clips are written
+    as digital silence of the same length (the ablation's training audio).
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    out = Path(out_dir)
+    (out / audio_folder).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    noise_rng = np.random.default_rng(seed)
+    names = list(MCQ_BANDS)
+    labels = [names[i % len(names)] for i in range(n - n % len(names))] + [rng.choice(names) for _ in range(n % 4)]
+    rng.shuffle(labels)
+    items = []
+    for i, label in enumerate(labels):
+        path = out / audio_folder / f"tone_{i:04d}.wav"
+        rec = _write_tone(path, label, MCQ_BANDS[label], rng, noise_rng, noise)
+        if silent:
+            sf.write(path, np.zeros(int(round(rec["duration"] * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE,
+                     subtype="PCM_16")
+        choices = list(names)
+        rng.shuffle(choices)
+        items.append({
+            "id": f"tone_{seed}_{i:04d}",
+            "audio_id": f"./{audio_folder}/{path.name}",
+            "question": MCQ_QUESTION,
+            "choices": choices,
+            "answer": label,
+            "dataset": MCQ_DATASET,
+            "task": "sound",
+            "difficulty": "medium" if " " in label else "easy",
+            "category": "pitch",
+            "sub-category": label,
+            "freq": rec["freq"],
+            "duration": rec["duration"],
+        })
+    return items
+
+
+def write_annotation(items: list[dict], path: str | Path) -> Path:
+    """Write ``items`` as an MMAU-style annotation file (a JSON list)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items, indent=1), encoding="utf-8")
+    return path
 
 
 def tone_rows(records: list[dict], split: str) -> list[dict]:

@@ -67,6 +67,10 @@ OMNI_NAMED_TOKENS: dict[str, str] = {
 CONTRACT_TAGS: tuple[str, ...] = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 EOS_TOKEN, PAD_TOKEN = "<|im_end|>", "<|endoftext|>"
 
+#: the tone multiple-choice task's words (examples/hear_tones_mcq): "very", " very", " low", " high" become
+#: single tokens, so that an answer is at most two tokens before the end of the turn
+TONE_MCQ_PHRASES = ("How high is the tone?", "very low", "very high", "It is very low. It is very high.")
+
 _CORPUS = """
 system user assistant You are a helpful assistant that listens to audio and reasons about it.
 Listen to the recording and decide whether the statement is entailed by what was said.
@@ -92,7 +96,8 @@ will would can could should may might must say said tell told ask asked hear hea
 
 def _corpus_lines() -> list[str]:
     """The training text: the corpus above plus every contract phrase, repeated so it merges fully."""
-    contract = [INSTRUCTION, *LABEL_WORDS, *CONTRACT_TAGS, "system\nuser\nassistant\n", "It is high. It is low."]
+    contract = [INSTRUCTION, *LABEL_WORDS, *CONTRACT_TAGS, "system\nuser\nassistant\n", "It is high. It is low.",
+                *TONE_MCQ_PHRASES]
     for word in LABEL_WORDS:
         contract.append(f"{THINK_OPEN}The speaker says so.{THINK_CLOSE}\n{ANSWER_OPEN}{word}{ANSWER_CLOSE}")
     return _CORPUS.strip().splitlines() * 4 + contract * 20

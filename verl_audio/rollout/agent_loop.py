@@ -6,10 +6,16 @@ is made here, right after the text: ``extra_fields["response_audio"] = {"array",
 reaches ``reward_fns`` as ``extra_info["response_audio"]``, whatever rollout backend produced the text.
 Registered for verl as ``speech_single_turn_agent`` (``trainer/config/agent_loops.yaml``); text-output
 rows run exactly as verl's ``single_turn_agent``.
+
+Every response also gets ``extra_fields["response_ended"]`` (reaching the rewards as
+``extra_info["response_ended"]``): whether its last token is an end-of-sequence id of the checkpoint, i.e.
+it ended by itself rather than being cut at the response budget. verl's reward manager decodes without
+special tokens, so the text alone cannot tell; ``reward_fns/choice.py`` reads it.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
@@ -22,6 +28,24 @@ from verl_audio.rollout import speech_endpoints as endpoints
 AGENT_NAME = "speech_single_turn_agent"
 #: extra fields this loop adds for the trainer's speech metrics (popped there, never sent to the actor)
 SPEECH_FIELDS = ("speech_compute_s", "speech_codec_tokens")
+#: extra field (and reward extra_info key) saying whether the response ended with an end-of-sequence id
+RESPONSE_ENDED = "response_ended"
+
+
+@lru_cache(maxsize=8)
+def end_token_ids(model_path: str, tokenizer_eos: int | None) -> frozenset[int]:
+    """The ids that end a response: the checkpoint's generation config ``eos_token_id`` (what both rollout
+    backends stop on) and the tokenizer's end-of-sequence id."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except (OSError, ValueError):  # no generation_config.json: the tokenizer's id alone
+        eos = None
+    ids = set([eos] if isinstance(eos, int) else (eos or []))
+    if tokenizer_eos is not None:
+        ids.add(int(tokenizer_eos))
+    return frozenset(int(i) for i in ids)
 
 
 class SpeakingAgentLoop(SingleTurnAgentLoop):
@@ -29,6 +53,8 @@ class SpeakingAgentLoop(SingleTurnAgentLoop):
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         output = await super().run(sampling_params, **kwargs)
+        ends = end_token_ids(str(self.config.actor_rollout_ref.model.path), self.tokenizer.eos_token_id)
+        output.extra_fields[RESPONSE_ENDED] = bool(output.response_ids) and int(output.response_ids[-1]) in ends
         info = kwargs.get("extra_info") or {}
         try:
             modality = output_modality(info)

@@ -15,7 +15,9 @@
 * Validation per mode: besides verl's per-data-source metrics, ``val-mode/<mode>/<metric>`` (accuracy,
   format rate, items scored / failed, and pass@k / maj@k with ``val_kwargs.n`` > 1) computed by the
   evaluation CLI's scorer (``verl_audio.eval.scoring.validation_metrics``) from the reward's ``mode``,
-  ``acc``, ``format`` and ``pred``, so a validation line and ``python -m verl_audio.eval`` report the same table.
+  ``acc``, ``format`` and ``pred``, so a validation line and ``python -m verl_audio.eval`` report the same table;
+  rows with grouping fields (multiple choice: MMAU's task, difficulty, ...) add the same metrics per group,
+  ``val-group/<field>=<value>/<metric>`` (``verl_audio.trainer.val_groups``).
 * Bad audio and decodes per step: the datasets are told the step they draw rows for (recorded in
   ``bad_audio.jsonl``); each training line gets ``bad_audio/skipped`` (rows left out of the step for bad
   audio), ``audio/clip_decodes`` (clips the rollout's agent-loop workers decoded for the step) and
@@ -42,11 +44,13 @@ from verl_audio.data.decode_cache import take_decode_count
 from verl_audio.eval.scoring import validation_metrics
 from verl_audio.models.encoder_cache import METRIC_KEYS
 from verl_audio.trainer import metrics_log
+from verl_audio.trainer.val_groups import group_validation_metrics
 
 logger = logging.getLogger(__name__)
 
 #: reward outputs averaged into the step metrics: the score, each component, and accuracy
-REWARD_KEYS = ("score", "format", "answer", "text_length", "audio_length", "speech_consistency", "acc")
+REWARD_KEYS = ("score", "format", "answer", "text_length", "audio_length", "speech_consistency", "acc",
+               "answer_tag", "ended", "answer_words")
 PREFIX = "reward/"
 
 
@@ -182,6 +186,7 @@ class AudioPPOTrainer(RayPPOTrainer):
     def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns):
         metrics = super()._val_metrics_update(data_sources, sample_uids, reward_extra_infos_dict, sample_turns)
         metrics.update(validation_metrics(sample_uids, reward_extra_infos_dict))
+        metrics.update(group_validation_metrics(sample_uids, reward_extra_infos_dict))
         return metrics
 
     def fit(self) -> None:

@@ -1,12 +1,21 @@
 """The recipes' presets: a few environment variables -> what to prepare, then verl's overrides for the trainer.
 
     python -m verl_audio.trainer.recipe soundmind_alr [verl overrides...]   (what recipes/soundmind_alr.sh runs)
+    python -m verl_audio.trainer.recipe audio_mcq [verl overrides...]       (what recipes/audio_mcq.sh runs)
+
+The first argument is the task (``TASKS``): ``soundmind_alr`` (SoundMind's GRPO on ALR: the Hydra config
+``soundmind_alr`` as it is) or ``audio_mcq`` (GRPO on audio multiple-choice questions in the MMAU / MMAR / AVQA
+layout, R1-AQA / AudioMCQ style: the same config with ``TASK_OVERRIDES["audio_mcq"]`` first: the reward
+``reward_fns/choice.py``, the evaluation's response budget, AudioMCQ's optimisation). Both share every preset and
+variable below.
 
 Environment (each read once, here):
 
-* ``PRESET``: ``tiny`` (default when no GPU is visible and ``MODEL_PATH`` is unset): a random tiny model on the
-  bundled demo sample, a few GRPO steps, checkpoint, export, reward curve; ``paper``: the paper's settings on
-  8 GPUs (``MODEL_PATH``, ``DATA_DIR`` with prepared parquet files), refused without a GPU.
+* ``PRESET``: ``tiny`` (default when no GPU is visible and ``MODEL_PATH`` is unset): a random tiny model on
+  built-in data (ALR: the bundled demo sample; audio_mcq: 8 + 4 tone questions written and prepared on the
+  spot), a few GRPO steps, checkpoint, export, reward curve (``MODEL_PATH`` / ``DATA_DIR``, when given, replace
+  the tiny model / data); ``paper``: the paper's settings on 8 GPUs (``MODEL_PATH``, ``DATA_DIR`` with prepared
+  parquet files), refused without a GPU.
 * ``ROLLOUT``: ``hf`` or ``vllm`` (default ``hf`` for tiny, ``vllm`` for paper).
 * ``MODEL_FAMILY``: ``qwen2_5_omni`` (default), ``qwen2_audio`` or ``qwen3_omni``: the tiny preset builds that
   family's tiny model, the paper preset takes its released checkpoint and 8-GPU settings (``PAPER_MODELS``);
@@ -14,7 +23,11 @@ Environment (each read once, here):
 * ``INPUT_MODALITY`` (``audio``/``text``) and ``OUTPUT_MODALITY`` (``text``/``audio``): the paper's mode.
 * ``LORA_RANK`` (default 0: full fine-tuning): train LoRA adapters of this rank (alpha twice the rank) on the
   language model (verl's ``model.lora_rank`` / ``lora_alpha``; docs/lora.md); the experiment name ends ``_lora<R>``.
-* ``OUTPUTS`` (default ``outputs``), ``EXPERIMENT`` (default from preset, mode and rollout).
+* ``OUTPUTS`` (default ``outputs``), ``EXPERIMENT`` (default from task, preset, mode and rollout).
+* ``DATA_DIR``: the folder with ``train.parquet`` and ``dev.parquet`` (default: the tiny preset's own data;
+  ``outputs/alr_data[_<mode>]`` / ``outputs/audio_mcq_data`` for the paper preset).
+* ``REWARD_PRESET`` (default: the reward's own, ``soundmind`` for ALR, ``r1_aqa`` for audio_mcq): the reward mix
+  (``reward.custom_reward_function.reward_kwargs.preset``; ``reward_fns/presets.py``, ``reward_fns/choice.py``).
 * ``DRY_RUN=1``: prepare and check the whole config (every config object the workers build), write it to the
   output folder, and stop before Ray starts; runs without a GPU for every preset.
 
@@ -33,7 +46,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RECIPES = ("soundmind_alr",)
+#: per task, the overrides of the Hydra config (verl_audio/trainer/config/soundmind_alr.yaml) that make it that
+#: task's config; the preset's overrides and the user's come after them
+TASK_OVERRIDES: dict[str, list[str]] = {
+    "soundmind_alr": [],
+    "audio_mcq": [
+        "trainer.experiment_name=audio_mcq",
+        # the multiple-choice rewards: the benchmarks' string match + format / end-of-turn / shaping components
+        "reward.custom_reward_function.path=pkg://reward_fns.choice",
+        "reward.custom_reward_function.name=compute_score",
+        # a 30 s clip is 750 audio tokens, plus the question and the choices
+        "data.max_prompt_length=2048",
+        # the evaluation CLI's default budget (python -m verl_audio.eval)
+        "data.max_response_length=1024",
+        # AudioMCQ's ms-swift GRPO run: lr 1e-6, 8 generations, KL 0.001 (its sampling temperature 1.5 and
+        # top-k 4 are left out: verl trains on the rollout as the actor's own distribution scores it)
+        "actor_rollout_ref.actor.optim.lr=1e-6",
+        "actor_rollout_ref.rollout.n=8",
+        "actor_rollout_ref.actor.kl_loss_coef=0.001",
+    ],
+}
+TASKS = tuple(TASK_OVERRIDES)
+RECIPES = TASKS
 #: per family: the released checkpoint the paper preset trains, and the overrides its size needs on 8 GPUs
 PAPER_MODELS: dict[str, tuple[str, list[str]]] = {
     # 7B dense (Qwen2.5 decoder): the paper's layout, FSDP with parameter and optimizer offload, vLLM at 0.6
@@ -80,6 +114,7 @@ class Settings:
     dry_run: bool = False
     family: str = "qwen2_5_omni"
     lora_rank: int = 0
+    reward_preset: str | None = None
 
     @property
     def mode_suffix(self) -> str:
@@ -115,8 +150,12 @@ def settings_from_env(recipe: str, env: Mapping[str, str], *, gpu: bool | None =
     rank = env.get("LORA_RANK") or "0"
     if not rank.isdigit():
         raise RecipeError(f"LORA_RANK must be a whole number (0: full fine-tuning), got {rank!r}")
+    if recipe == "audio_mcq" and (source, target) != ("audio", "text"):
+        raise RecipeError("audio_mcq asks about the audio and scores a text answer: INPUT_MODALITY=audio and "
+                          f"OUTPUT_MODALITY=text only, got {source} -> {target}")
     settings = Settings(recipe, preset, rollout, source, target, Path(env.get("OUTPUTS") or "outputs"), "",
-                        model_path, env.get("DATA_DIR") or None, dry_run, family, int(rank))
+                        model_path, env.get("DATA_DIR") or None, dry_run, family, int(rank),
+                        env.get("REWARD_PRESET") or None)
     name = f"{recipe}_{preset}" + ("" if family == "qwen2_5_omni" else f"_{family}") + settings.mode_suffix + (
         f"_{rollout}" if preset == "tiny" and rollout != "hf" else "") + (f"_lora{rank}" if int(rank) else "")
     return Settings(**{**settings.__dict__, "experiment": env.get("EXPERIMENT") or name})
@@ -154,7 +193,7 @@ class Plan:
             step()
 
     def command(self, extra: list[str]) -> list[str]:
-        """The trainer's command line: the preset's overrides, then ``extra`` (the user's, which win)."""
+        """The trainer's command line: the task's and preset's overrides, then ``extra`` (the user's, which win)."""
         dry = ["verl_audio.dry_run=true"] if self.settings.dry_run else []
         return [sys.executable, "-m", TRAINER, *self.overrides, *dry, *extra]
 
@@ -190,13 +229,42 @@ def _prepare_demo_data(settings: Settings, data: Path) -> None:
     print(format_report(reports), flush=True)
 
 
+#: the tiny audio_mcq preset's questions: tone clips in the MMAU layout (verl_audio.data.tones.generate_tone_mcq)
+TINY_MCQ_SPLITS = {"train": 8, "dev": 4}
+
+
+def _prepare_tone_mcq(settings: Settings, data: Path) -> None:
+    """Write a few tone questions as MMAU-style annotation files + clips and prepare them as the benchmarks'
+    files are (``verl_audio.data.mcq``), into ``data``."""
+    if (data / "train.parquet").is_file():
+        return
+    from verl_audio.data.mcq import format_mcq_report, prepare_mcq
+    from verl_audio.data.tones import generate_tone_mcq, write_annotation
+
+    source = settings.run_dir / "tone_mcq"
+    for seed, (split, n) in enumerate(TINY_MCQ_SPLITS.items()):
+        annotation = write_annotation(generate_tone_mcq(source, n, seed=seed, audio_folder=f"{split}_audio"),
+                                      source / f"{split}.json")
+        print(format_mcq_report(prepare_mcq(annotation, data, split)), flush=True)
+
+
 def _tiny(settings: Settings) -> Plan:
     folder = "tiny_omni" if settings.family == "qwen2_5_omni" else f"tiny_{settings.family}"
-    run, model, data = settings.run_dir, settings.run_dir / folder, settings.run_dir / "data"
+    run = settings.run_dir
+    model = Path(settings.model_path) if settings.model_path else run / folder
+    data = Path(settings.data_dir) if settings.data_dir else run / "data"
     plan = Plan(settings)
-    plan.steps = [(f"tiny {settings.family} model in {model}", lambda: _build_tiny_model(settings.family, model)),
-                  (f"demo data ({settings.input_modality} -> {settings.output_modality}) in {data}",
-                   lambda: _prepare_demo_data(settings, data))]
+    if not settings.model_path:
+        plan.steps.append((f"tiny {settings.family} model in {model}",
+                           lambda: _build_tiny_model(settings.family, model)))
+    if settings.data_dir:
+        _require_data(settings, data)
+    elif settings.recipe == "audio_mcq":
+        plan.steps.append((f"tone questions (MMAU layout, prepared by verl_audio.data.mcq) in {data}",
+                           lambda: _prepare_tone_mcq(settings, data)))
+    else:
+        plan.steps.append((f"demo data ({settings.input_modality} -> {settings.output_modality}) in {data}",
+                           lambda: _prepare_demo_data(settings, data)))
     plan.overrides = [
         f"trainer.experiment_name={settings.experiment}", f"verl_audio.output_dir={run}",
         f"actor_rollout_ref.model.path={model}",
@@ -221,11 +289,9 @@ def _paper(settings: Settings, gpu: bool) -> Plan:
     if not gpu and not settings.dry_run:
         raise RecipeError("PRESET=paper needs 8 GPUs and none is visible (nvidia-smi); use PRESET=tiny on CPU "
                           "(or DRY_RUN=1 to check the paper config)")
-    data = Path(settings.data_dir or f"outputs/alr_data{settings.mode_suffix}")
-    if not (data / "train.parquet").is_file():
-        raise RecipeError(f"no {data}/train.parquet; prepare it with: python examples/data_preprocess/alr.py "
-                          f"--src SRC --out {data} --input-modality {settings.input_modality} "
-                          f"--output-modality {settings.output_modality}")
+    default = "outputs/audio_mcq_data" if settings.recipe == "audio_mcq" else f"outputs/alr_data{settings.mode_suffix}"
+    data = Path(settings.data_dir or default)
+    _require_data(settings, data)
     plan = Plan(settings)
     default_model, family_overrides = PAPER_MODELS[settings.family]
     plan.overrides = [
@@ -241,6 +307,20 @@ def _paper(settings: Settings, gpu: bool) -> Plan:
     return plan
 
 
+def _require_data(settings: Settings, data: Path) -> None:
+    """Stop with the preparation command when ``data`` lacks ``train.parquet`` or ``dev.parquet``."""
+    missing = [name for name in ("train.parquet", "dev.parquet") if not (data / name).is_file()]
+    if not missing:
+        return
+    if settings.recipe == "audio_mcq":
+        how = "; ".join(f"python examples/data_preprocess/audio_mcq.py --src FILE --audio-root DIR --out {data} "
+                        f"--split {name.split('.')[0]}" for name in missing)
+    else:
+        how = (f"python examples/data_preprocess/alr.py --src SRC --out {data} --input-modality "
+               f"{settings.input_modality} --output-modality {settings.output_modality} --splits train,dev")
+    raise RecipeError(f"no {', '.join(str(data / name) for name in missing)}; prepare it with: {how}")
+
+
 def plan(settings: Settings, *, gpu: bool | None = None) -> Plan:
     """The preparation steps and trainer overrides of ``settings`` (raises ``RecipeError`` for a bad setting)."""
     from verl_audio.models.families import family_named
@@ -252,6 +332,9 @@ def plan(settings: Settings, *, gpu: bool | None = None) -> Plan:
     if settings.lora_rank:
         preset.overrides += [f"actor_rollout_ref.model.lora_rank={settings.lora_rank}",
                              f"actor_rollout_ref.model.lora_alpha={2 * settings.lora_rank}"]
+    preset.overrides[:0] = TASK_OVERRIDES[settings.recipe]
+    if settings.reward_preset:
+        preset.overrides.append(f"++reward.custom_reward_function.reward_kwargs.preset={settings.reward_preset}")
     return preset
 
 

@@ -7,8 +7,10 @@
 2. sets ``rollout.engine_kwargs.speech.enable`` from them when it is unset (any ``audio`` row: true);
    an explicit false with audio rows is refused;
 3. with speech on: checks that the checkpoint has talker and token2wav weights and ``spk_dict.pt``
-   (a thinker-only checkpoint fails here, naming what it lacks), and selects the agent loop that speaks
-   (``speech_single_turn_agent``, from ``trainer/config/agent_loops.yaml``).
+   (a thinker-only checkpoint fails here, naming what it lacks);
+4. selects verl-audio's agent loop (``speech_single_turn_agent``, from ``trainer/config/agent_loops.yaml``)
+   in place of verl's ``single_turn_agent`` for every run: it speaks the audio-output rows and marks every
+   response's ``response_ended`` for the rewards; text rows are otherwise generated exactly as verl's loop does.
 """
 
 from __future__ import annotations
@@ -80,9 +82,9 @@ def configure(config: DictConfig) -> bool:
                                      f"{family.name} checkpoint: speech output needs a Qwen2.5-Omni checkpoint (the "
                                      "speech stage drives its talker); prepare the data with --output-modality text")
                 require_speech_weights(model)
-            if rollout.agent.default_agent_loop == "single_turn_agent":
-                rollout.agent.default_agent_loop = AGENT_NAME
-            if not rollout.agent.get("agent_loop_config_path"):
-                rollout.agent.agent_loop_config_path = str(AGENT_LOOPS_YAML)
+        if rollout.agent.default_agent_loop == "single_turn_agent":
+            rollout.agent.default_agent_loop = AGENT_NAME
+        if not rollout.agent.get("agent_loop_config_path"):
+            rollout.agent.agent_loop_config_path = str(AGENT_LOOPS_YAML)
     logger.warning("verl-audio: output modalities %s -> speech stage %s", dict(counts), "on" if enable else "off")
     return bool(enable)
