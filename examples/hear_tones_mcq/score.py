@@ -1,14 +1,13 @@
 """Score the evaluation CLI's answers on the tone questions as MMAU's official script does.
 
-    python examples/hear_tones_mcq/score.py --eval EVAL_OUT --data test.json [--official evaluation.py]
+    python examples/hear_tones_mcq/score.py --eval EVAL_OUT [--official evaluation.py]
 
-``EVAL_OUT`` is the ``--out`` folder of ``python -m verl_audio.eval --task mmau --data test.json``. Writes
-``EVAL_OUT/official_input.json``: the annotation items of ``--data``, each with ``model_output`` = the greedy
-response the CLI recorded (an item the CLI could not answer gets an empty ``model_output``, so it counts as wrong:
-the official script skips items that have none). Prints the accuracy by the benchmarks' rule as this repository
-implements it (``verl_audio.eval.scoring.string_match``), per answer, and, with ``--official`` (MMAU's
-``evaluation.py``), that script's own report on the same file; ``accuracy: <fraction>`` is the last line (the
-official script's figure when it ran).
+``EVAL_OUT`` is the ``--out`` folder of ``python -m verl_audio.eval --task mmau --data test.json``, which holds
+``official_input.json`` (the annotation items, each with the answer text under ``model_output``; an item the
+CLI could not answer has an empty one, so it counts as wrong). Prints the accuracy by the benchmarks' rule as
+this repository implements it (``verl_audio.eval.scoring.string_match``), per answer, and, with
+``--official`` (MMAU's ``evaluation.py``), that script's own report on the same file; ``accuracy: <fraction>``
+is the last line (the official script's figure when it ran).
 """
 
 from __future__ import annotations
@@ -26,27 +25,13 @@ from verl_audio.eval.scoring import string_match
 OFFICIAL_INPUT = "official_input.json"
 
 
-def official_input(eval_dir: str | Path, data: str | Path) -> list[dict]:
-    """The annotation items with ``model_output`` from ``predictions.jsonl`` (module doc)."""
-    responses = {}
-    for line in (Path(eval_dir) / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            samples = record.get("samples") or []
-            responses[str(record["id"])] = samples[0]["response"] if samples else ""
-    items = json.loads(Path(data).read_text(encoding="utf-8"))
-    return [{**item, "model_output": responses.get(str(item["id"]), "")} for item in items]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", required=True, help="the evaluation CLI's --out folder")
-    parser.add_argument("--data", required=True, help="the annotation file the CLI evaluated (test.json)")
     parser.add_argument("--official", default=None, help="MMAU's evaluation.py, run on the written file")
     args = parser.parse_args(argv)
-    items = official_input(args.eval, args.data)
     path = Path(args.eval) / OFFICIAL_INPUT
-    path.write_text(json.dumps(items, indent=1), encoding="utf-8")
+    items = json.loads(path.read_text(encoding="utf-8"))
     right, total = Counter(), Counter()
     for item in items:
         total[item["answer"]] += 1
@@ -56,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs = Counter(item["model_output"] for item in items)
     print("responses: " + ", ".join(f"{k[:40]!r}{'…' if len(k) > 40 else ''} {v}" for k, v in outputs.most_common(6)))
     accuracy = sum(right.values()) / len(items)
-    print(f"string_match accuracy: {accuracy:.4f} ({sum(right.values())}/{len(items)}); wrote {path}")
+    print(f"string_match accuracy: {accuracy:.4f} ({sum(right.values())}/{len(items)}) on {path}")
     if args.official:
         proc = subprocess.run([sys.executable, args.official, "--input", str(path)], capture_output=True, text=True)
         print(proc.stdout.strip())

@@ -67,6 +67,6 @@ bash recipes/audio_mcq.sh \
 [[ -f $RUN/eval/results.json ]] || \
   $PY -m verl_audio.eval --task mmau --model "$RUN/hf_export" --data "$SRC/test.json" --audio-root "$SRC" \
     --out "$RUN/eval" --quiet
-$PY examples/hear_tones_mcq/score.py --eval "$RUN/eval" --data "$SRC/test.json" ${MMAU_EVAL:+--official "$MMAU_EVAL"} \
+$PY examples/hear_tones_mcq/score.py --eval "$RUN/eval" ${MMAU_EVAL:+--official "$MMAU_EVAL"} \
   | tee "$RUN/eval.txt"
 echo "hear_tones_mcq: $EXP done in $(( $(date +%s) - start )) s (wall, including data, training, export and eval)"
