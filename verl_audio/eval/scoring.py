@@ -236,6 +236,20 @@ def grouped_table(items: Iterable[ItemScore], groupings: Sequence[str], k: int =
 VAL_METRICS = ("accuracy", "format_rate", "n_scored", "n_failed")
 
 
+def validation_sample(infos: Mapping[str, Sequence[Any]], i: int, unparsed: str) -> SampleScore:
+    """Response ``i`` of verl's validation outputs as a scored sample: the reward's ``acc``, ``format`` (absent:
+    not well formed) and ``pred`` (empty: the ``unparsed`` failure)."""
+    pred = infos["pred"][i] if "pred" in infos else None
+    return SampleScore(
+        response="",
+        parsed=pred or None,
+        correct=float(infos["acc"][i]) == 1.0,
+        well_formed=float(infos["format"][i]) == 1.0 if "format" in infos else False,
+        reasoning_words=0,
+        failure=None if pred else unparsed,
+    )
+
+
 def validation_items(sample_uids: Sequence[Any], infos: Mapping[str, Sequence[Any]]) -> list[ItemScore]:
     """Items from verl's validation outputs: the reward's ``mode``, ``acc``, ``format`` and ``pred`` per
     response, grouped by prompt uid (``val_kwargs.n`` responses per prompt). Responses without a mode
@@ -248,15 +262,7 @@ def validation_items(sample_uids: Sequence[Any], infos: Mapping[str, Sequence[An
         mode = modes[i]
         if not mode:
             continue
-        pred = infos["pred"][i] if "pred" in infos else None
-        sample = SampleScore(
-            response="",
-            parsed=pred or None,
-            correct=float(infos["acc"][i]) == 1.0,
-            well_formed=float(infos["format"][i]) == 1.0,
-            reasoning_words=0,
-            failure=None if pred else UNPARSED_ALR,
-        )
+        sample = validation_sample(infos, i, UNPARSED_ALR)
         items.setdefault(uid, ItemScore(key=str(uid), id=str(uid), group=str(mode))).samples.append(sample)
     return list(items.values())
 

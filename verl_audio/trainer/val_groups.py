@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from verl_audio.eval.scoring import UNPARSED_CHOICE, VAL_METRICS, ItemScore, SampleScore, summarize
+from verl_audio.eval.scoring import UNPARSED_CHOICE, VAL_METRICS, ItemScore, summarize, validation_sample
 
 PREFIX = "val-group"
 
@@ -41,15 +41,7 @@ def group_items(sample_uids: Sequence[Any], infos: Mapping[str, Sequence[Any]]) 
         groups = _groups(groups_of[i])
         if not groups:
             continue
-        pred = infos["pred"][i] if "pred" in infos else None
-        sample = SampleScore(
-            response="",
-            parsed=pred or None,
-            correct=float(infos["acc"][i]) == 1.0,
-            well_formed=float(infos["format"][i]) == 1.0 if "format" in infos else False,
-            reasoning_words=0,
-            failure=None if pred else UNPARSED_CHOICE,
-        )
+        sample = validation_sample(infos, i, UNPARSED_CHOICE)
         items.setdefault(uid, (groups, ItemScore(key=str(uid), id=str(uid), group=groups[0])))[1].samples.append(
             sample)
     by_group: dict[str, list[ItemScore]] = {}
