@@ -110,7 +110,6 @@ class AudioGenerator:
         if self.pad_token_id == self.audio_token_id:
             raise ValueError("pad_token_id equals the audio token id; left padding would be read as audio")
         self.eos_ids = eos_token_ids(self.model, self.path)
-        self.lm_head = self.family.lm_head(self.model)
         self.text_model = self.family.text_model(self.model)
         vocab = self.lm_head.out_features
         tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -221,6 +220,11 @@ class AudioGenerator:
         return mask, embeds, positions, deltas
 
     # ---- generation ------------------------------------------------------------------------------
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        """The model's output projection, looked up each time: an adapter or a test may replace the module."""
+        return self.family.lm_head(self.model)
 
     def _logits(self, embeds, mask, positions, cache) -> torch.Tensor:
         hidden = self.text_model(
