@@ -41,5 +41,6 @@ setup(
         # declared for CUDA machines, not installed by CI
         "gpu": ["vllm==0.32.0", "torchvision==0.28.0", "flash-attn"],
     },
-    entry_points={"verl.plugins": ["verl_audio = verl_audio.plugin"]},
+    entry_points={"verl.plugins": ["verl_audio = verl_audio.plugin"],
+                  "vllm.general_plugins": ["verl_audio = verl_audio.rollout.vllm.plugin:register"]},
 )

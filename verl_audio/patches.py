@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from verl_audio.models.families import MODEL_TYPES, family_of_path
+from verl_audio.models.families import MODEL_TYPES, family_of_path, family_of_processor_dir
 from verl_audio.upstream import patch_applies
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,9 @@ def audio_aware_hf_processor(original: Callable[..., Any]) -> Callable[..., Any]
 
     @functools.wraps(original)
     def hf_processor(name_or_path: Any, **kwargs: Any) -> Any:
-        family = family_of_path(name_or_path)
+        # a processor-only directory (no config.json) of a family's processor also goes to the family, whose
+        # loader then raises for what is missing instead of verl returning None
+        family = family_of_path(name_or_path) or family_of_processor_dir(name_or_path)
         if family is not None:
             # trust_remote_code / use_fast do not apply: these processors are built into transformers
             logger.debug("loading the %s processor for %s (ignoring %s)", family.name, name_or_path, sorted(kwargs))
@@ -617,6 +619,40 @@ def patch_vllm_lora_weights_mapper() -> bool:
     return True
 
 
+# --- 16. FSDP2 on a LoRA layer sharded on its own -------------------------------------------------------
+# verl's `apply_fsdp2` shards `lm_head` and `embed_tokens` as units of their own, and its
+# `maybe_patch_fsdp_module` gives every `abc.ABC` instance the wrapper base `FSDPModuleABC(ABC, FSDPModule)`.
+# peft's LoRA layers are ABC instances (`BaseTunerLayer(ABC)`), and CPython 3.11 refuses the `__class__`
+# assignment to `FSDPLinear(FSDPModuleABC, lora.Linear)` ("object layout differs"), so LoRA with `lm_head` in
+# `target_modules` stopped at start. torch's own wrapper base fits peft's layers, so the patch lets them
+# through unchanged and keeps verl's context for every other module. Can go when verl's wrapper fits peft layers.
+
+
+def patch_fsdp2_lora_layer_class() -> bool:
+    """Shard a peft LoRA layer that FSDP2 wraps on its own (a LoRA ``lm_head``) with torch's wrapper class."""
+    name = "fsdp2_lora_layer_class"
+    if not patch_applies(name, required=False):
+        return False
+    import verl.utils.fsdp_utils as fsdp_utils
+
+    original = fsdp_utils.maybe_patch_fsdp_module
+    if hasattr(original, ORIGINAL_ATTR):
+        return True
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    @contextmanager
+    def maybe_patch_fsdp_module(model: Any) -> Iterator[None]:
+        if isinstance(model, BaseTunerLayer):
+            yield
+            return
+        with original(model):
+            yield
+
+    _install(fsdp_utils, "maybe_patch_fsdp_module", maybe_patch_fsdp_module, original)
+    logger.info("verl-audio: patched verl maybe_patch_fsdp_module (peft LoRA layers keep torch's FSDP class)")
+    return True
+
+
 #: applied in this order by `apply_all`
 PATCHES: list[Callable[[], bool]] = [
     patch_cpu_process_group_backend,
@@ -630,6 +666,7 @@ PATCHES: list[Callable[[], bool]] = [
     patch_packed_position_ids,
     patch_quiet_talker_token_ids,
     patch_audio_processor_is_multimodal,
+    patch_fsdp2_lora_layer_class,
 ]
 
 

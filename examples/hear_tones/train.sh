@@ -11,8 +11,10 @@
 #   STEPS=80 bash examples/hear_tones/train.sh trainer.test_freq=5     # extra args: verl/Hydra overrides
 #
 # Environment: OUTPUTS (default outputs), EXPERIMENT (default hear_tones[_<family>][_lora<R>][_ablation]),
-# MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), STEPS (60),
-# BATCH (prompts per step, 64), MICRO_BATCH (sequences per actor pass: BATCH x N; Qwen2-Audio 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
+# MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), LORA_TARGETS (peft
+# target_modules with LORA_RANK: the decoder's projections and lm_head), STEPS (60),
+# TRAIN_ENCODER (1: train the random audio encoder too; default 1, Qwen2-Audio and LoRA 0),
+# BATCH (prompts per step, 64), MICRO_BATCH (sequences per actor pass: BATCH x N; a trained Qwen2-Audio encoder 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
 # Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, data/ (train/val/test clips + parquet), metrics.jsonl,
 # reward_curve.png, checkpoints/, hf_export/, eval.txt (eval.py's report; its last line is the accuracy).
 # Rerunning the same command resumes from the newest checkpoint.
@@ -28,10 +30,13 @@ NAME=hear_tones; [[ $FAMILY == qwen2_5_omni ]] || NAME=hear_tones_$FAMILY
 LORA_RANK=${LORA_RANK:-0}
 LORA=()
 if [[ "$LORA_RANK" != 0 ]]; then
-  # adapters on the language model only: the random encoder stays frozen (and cached)
+  # adapters on the language model only: the random encoder stays frozen (and cached). lm_head is adapted too:
+  # the random model's frozen lm_head bounds every logit by ~1.7 (README), so decoder adapters alone cannot
+  # make an answer word likely; the encoders are excluded by default (model.exclude_modules)
   NAME=${NAME}_lora$LORA_RANK
+  TARGETS=${LORA_TARGETS:-[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]}
   LORA=(actor_rollout_ref.model.lora_rank="$LORA_RANK" actor_rollout_ref.model.lora_alpha="$((2 * LORA_RANK))"
-        actor_rollout_ref.model.freeze_audio_encoder=true)
+        actor_rollout_ref.model.target_modules="$TARGETS")
 fi
 if [[ "$ABLATION" == 1 ]]; then
   EXP=${EXPERIMENT:-${NAME}_ablation}; SILENT=--silent-train
@@ -40,8 +45,13 @@ else
 fi
 STEPS=${STEPS:-60} BATCH=${BATCH:-64} N=${N:-8}
 # Qwen2-Audio's encoder takes 30 s of features per clip however short (30x the Omni's for these ~1 s tones):
-# the trained encoder's activations for 512 of them took 16 GB at step 1, so its actor passes go 64 at a time
-MICRO=$((BATCH * N)); [[ $FAMILY == qwen2_audio ]] && MICRO=64
+# trained, its attention over 1500 positions for 512 sequences took 16 GB and ~100 s of each step's actor update
+# on this CPU, so for Qwen2-Audio the random encoder stays frozen (its outputs cached) unless TRAIN_ENCODER=1,
+# and a trained one goes through the actor 64 sequences at a time
+TRAIN_ENCODER=${TRAIN_ENCODER:-$([[ $FAMILY == qwen2_audio ]] && echo 0 || echo 1)}
+[[ "$LORA_RANK" != 0 ]] && TRAIN_ENCODER=0
+FREEZE=$([[ $TRAIN_ENCODER == 1 ]] && echo false || echo true)
+MICRO=$((BATCH * N)); [[ $FAMILY == qwen2_audio && $TRAIN_ENCODER == 1 ]] && MICRO=64
 MICRO=${MICRO_BATCH:-$MICRO} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-1} SEED=${SEED:-0}
 ENTROPY=${ENTROPY:-0}
 RUN=$OUTPUTS/$EXP MODEL=$OUTPUTS/$EXP/tiny_model DATA=$OUTPUTS/$EXP/data
@@ -51,7 +61,8 @@ start=$(date +%s)
 [[ -f $DATA/train.parquet ]] || $PY examples/hear_tones/prepare.py --out "$DATA" --seed "$SEED" $SILENT
 
 # Why these settings (sized on this 2-core CPU machine; see examples/hear_tones/README.md):
-# - freeze_audio_encoder=false: the encoder is random too, so it is trained with the decoder.
+# - freeze_audio_encoder=false: the encoder is random too, so it is trained with the decoder (not for
+#   Qwen2-Audio, above, nor with LoRA, whose adapters stay on the language model).
 # - lr 3e-3, no KL term (so no reference model): random weights have nothing to stay close to.
 # - response length 1: the answer is one word (` high` / ` low` are single tokens of the small vocabulary;
 #   reward_fns/tones.py says why); more room only lets text follow it, which the reward rejects.
@@ -64,7 +75,7 @@ start=$(date +%s)
 # - validation on the 64 val clips every 10 steps, greedy (verl's val_kwargs default).
 $PY -m verl_audio.trainer.main \
   trainer.experiment_name="$EXP" verl_audio.output_dir="$RUN" \
-  actor_rollout_ref.model.path="$MODEL" actor_rollout_ref.model.freeze_audio_encoder=false \
+  actor_rollout_ref.model.path="$MODEL" actor_rollout_ref.model.freeze_audio_encoder="$FREEZE" \
   actor_rollout_ref.model.enable_gradient_checkpointing=false \
   data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   data.train_batch_size="$BATCH" data.val_batch_size=64 data.max_prompt_length=128 \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tone task as audio multiple choice, trained through recipes/audio_mcq.sh from random weights:
-# "How high is the tone?" with the choices very low / low / high / very high (shuffled per question), a
+# "How high is the tone?" with the choices low / high (CHOICES=4: very low / low / high / very high; shuffled per
+# question), a
 # random-weight tiny Qwen2.5-Omni (small vocabulary), GRPO on CPU when no GPU is visible. The data goes the way
 # benchmark data goes: MMAU-style annotation files + clips (prepare.py) -> examples/data_preprocess/audio_mcq.py
 # -> recipes/audio_mcq.sh (reward preset `tones`), then the exported model is scored on 200 held-out questions by
@@ -12,8 +13,9 @@
 #   MMAU_EVAL=/tmp/mmau_eval.py bash examples/hear_tones_mcq/train.sh   # score with MMAU's evaluation.py too
 #   STEPS=200 bash examples/hear_tones_mcq/train.sh trainer.test_freq=5    # extra args: verl/Hydra overrides
 #
-# Environment: OUTPUTS (default outputs), EXPERIMENT (default hear_tones_mcq[_ablation]), STEPS (150), BATCH (prompts
-# per step, 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (4), ENTROPY (0), SEED (0), MMAU_EVAL
+# Environment: OUTPUTS (default outputs), CHOICES (2 or 4), EXPERIMENT (default hear_tones_mcq[4][_ablation]),
+# STEPS (150), BATCH (prompts per step, 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (2; 4 with four
+# choices), ENTROPY (0), SEED (0), MMAU_EVAL
 # (MMAU's evaluation.py; unset: our string_match only). Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, tones/ (annotation
 # files + clips), data/ (parquet), the recipe's outputs (metrics.jsonl, checkpoints/, hf_export/, ...), eval/ (the
 # CLI's predictions, results, official_input.json) and eval.txt (its last line is the held-out accuracy).
@@ -25,15 +27,19 @@ PY=${PYTHON:-python}
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && PY=.venv/bin/python
 OUTPUTS=${OUTPUTS:-outputs}
 ABLATION=${ABLATION:-0}
-if [[ "$ABLATION" == 1 ]]; then EXP=${EXPERIMENT:-hear_tones_mcq_ablation}; SILENT=--silent-train
-else EXP=${EXPERIMENT:-hear_tones_mcq}; SILENT=; fi
-STEPS=${STEPS:-150} BATCH=${BATCH:-64} N=${N:-8} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-4}
+CHOICES=${CHOICES:-2}
+NAME=hear_tones_mcq; [[ $CHOICES == 2 ]] || NAME=hear_tones_mcq$CHOICES
+if [[ "$ABLATION" == 1 ]]; then EXP=${EXPERIMENT:-${NAME}_ablation}; SILENT=--silent-train
+else EXP=${EXPERIMENT:-$NAME}; SILENT=; fi
+# the longest answer and <|im_end|>: " high" + end (2 choices); "very" + " low" + end (4)
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-$([[ $CHOICES == 2 ]] && echo 2 || echo 4)}
+STEPS=${STEPS:-150} BATCH=${BATCH:-64} N=${N:-8} LR=${LR:-3e-3}
 ENTROPY=${ENTROPY:-0} SEED=${SEED:-0}
 RUN=$OUTPUTS/$EXP MODEL=$OUTPUTS/$EXP/tiny_model SRC=$OUTPUTS/$EXP/tones DATA=$OUTPUTS/$EXP/data
 start=$(date +%s)
 
 [[ -f $MODEL/config.json ]] || $PY -m verl_audio.models.tiny --out "$MODEL" --vocab small --seed "$SEED"
-[[ -f $SRC/test.json ]] || $PY examples/hear_tones_mcq/prepare.py --out "$SRC" --seed "$SEED" $SILENT
+[[ -f $SRC/test.json ]] || $PY examples/hear_tones_mcq/prepare.py --out "$SRC" --seed "$SEED" --choices "$CHOICES" $SILENT
 for split in train dev; do
   [[ -f $DATA/$split.parquet ]] || \
     $PY examples/data_preprocess/audio_mcq.py --src "$SRC/$split.json" --audio-root "$SRC" --out "$DATA" --split "$split"
@@ -43,7 +49,7 @@ done
 # - reward preset `tones`: each right word of the answer earns its share (0 with any word only a wrong choice
 #   has), and ending the turn (end-of-sequence id within the budget) earns as much again once the whole answer
 #   is right; the validation accuracy is the evaluation's scorer on finished answers.
-# - response length 4: the longest answer is "very"+" low"+<|im_end|> (3 tokens of the small vocabulary).
+# - response length: the longest answer and <|im_end|> fit (2 with two choices, 4 with four).
 # - as in examples/hear_tones: the random encoder is trained, lr 3e-3, no KL term, 64 prompts x 8 rollouts,
 #   one optimizer step per batch, rollout log-probs as old log-probs (fp32 on both sides), no padding removal.
 PRESET=tiny MODEL_PATH=$MODEL DATA_DIR=$DATA OUTPUTS=$OUTPUTS EXPERIMENT=$EXP REWARD_PRESET=tones PYTHON=$PY \

@@ -181,15 +181,20 @@ def test_cli_prints_the_count_identity_and_each_rejected_row(bench: Path, tmp_pa
     assert proc.returncode == 1 and "no item was written" in proc.stderr
 
 
-def test_tone_questions_go_through_the_preparation(tmp_path: Path) -> None:
-    from verl_audio.data.tones import MCQ_BANDS, generate_tone_mcq, write_annotation
+@pytest.mark.parametrize("choices", [4, 2])
+def test_tone_questions_go_through_the_preparation(tmp_path: Path, choices: int) -> None:
+    from collections import Counter
 
-    items = generate_tone_mcq(tmp_path, 9, seed=3)
-    assert sorted({i["answer"] for i in items}) == sorted(MCQ_BANDS)
-    assert all(sorted(i["choices"]) == sorted(MCQ_BANDS) for i in items)
+    from verl_audio.data.tones import MCQ_CHOICES, generate_tone_mcq, write_annotation
+
+    bands = MCQ_CHOICES[choices]
+    items = generate_tone_mcq(tmp_path, 9, seed=3, bands=bands)
+    counts = Counter(i["answer"] for i in items)
+    assert sorted(counts) == sorted(bands) and min(counts.values()) >= 9 // choices  # balanced
+    assert all(sorted(i["choices"]) == sorted(bands) for i in items)
     assert len({tuple(i["choices"]) for i in items}) > 1  # shuffled per question
     for item in items:
-        low, high = MCQ_BANDS[item["answer"]]
+        low, high = bands[item["answer"]]
         assert low <= item["freq"] <= high
     report = prepare_mcq(write_annotation(items, tmp_path / "t.json"), tmp_path / "out", "train")
     assert report.written == 9 and report.groups["task=sound"] == 9

@@ -28,12 +28,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: family_named(name).build_tiny(root / name, vocab="small") for name in FAMILY_NAMES}
 
 
-def _peft_model(family: Any, path: Path, seed: int = 0) -> Any:
-    """The family's trainable model with LoRA on its language model (r 4, random A and B)."""
+def _peft_model(family: Any, path: Path, seed: int = 0, head: bool = False) -> Any:
+    """The family's trainable model with LoRA on its language model (r 4, random A and B), and on ``lm_head``."""
     from peft import LoraConfig, get_peft_model
 
     model = family.load_trainable(path, dtype=torch.float32).eval()
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=lora.default_targets(family),
+    targets = lora.default_targets(family) + ("|lm_head" if head else "")
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=targets,
                         exclude_modules=lora.encoder_exclusion(family))
     peft_model = get_peft_model(model, config).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -63,10 +64,12 @@ def test_adapters_stay_on_the_language_model(name: str, tiny_models: dict[str, P
     assert not any(m.endswith("lm_head") for m in adapted)
 
 
+@pytest.mark.parametrize("head", [False, True], ids=["decoder", "with-lm_head"])
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-def test_hf_rollout_applies_verl_adapter_sync(name: str, tiny_models: dict[str, Path]) -> None:
+def test_hf_rollout_applies_verl_adapter_sync(name: str, head: bool, tiny_models: dict[str, Path]) -> None:
     """``AudioGenerator.load_adapter`` (first sync injects, later ones copy) = peft's forward, and a LoRA base sync
-    (``.base_layer`` names) loads into the injected model."""
+    (``.base_layer`` names) loads into the injected model. With ``lm_head`` adapted, peft's adapter state also
+    carries its base weight, which the generator loads as a base weight."""
     from verl_audio.rollout.hf.engine import AudioGenerator
 
     family, path = family_named(name), tiny_models[name]
@@ -78,7 +81,7 @@ def test_hf_rollout_applies_verl_adapter_sync(name: str, tiny_models: dict[str, 
             return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
     base_logits = logits(generator.model)
-    reference = _peft_model(family, path, seed=0)
+    reference = _peft_model(family, path, seed=0, head=head)
     # verl's base sync before the first adapter (a rollout started on dummy weights): wrapped projections are
     # named .base_layer, which the plain model has not; then again into the injected model, which has
     base_sync = [(n.removeprefix(lora.PEFT_PREFIX), t.clone()) for n, t in reference.named_parameters()
@@ -86,10 +89,13 @@ def test_hf_rollout_applies_verl_adapter_sync(name: str, tiny_models: dict[str, 
     assert any(".base_layer." in n for n, _ in base_sync)
     assert len(generator.load_weights(base_sync)) == len(generator.params)
     for seed in (0, 1):  # the first adapter sync injects, the second copies into the injected layers
-        reference = _peft_model(family, path, seed=seed)
+        reference = _peft_model(family, path, seed=seed, head=head)
         peft_config = reference.peft_config["default"].to_dict()
-        modules = generator.load_adapter(_adapter_sync(reference), peft_config)
+        sync = _adapter_sync(reference)
+        assert any(not lora.is_adapter_tensor(n) for n, _ in sync) == head  # lm_head.base_layer.weight
+        modules = generator.load_adapter(sync, peft_config)
         assert modules == generator.adapter_modules and len(modules) > 0
+        assert ("lm_head" in modules) == head
         assert torch.allclose(logits(generator.model), logits(reference), atol=1e-5, rtol=0)
     assert (logits(generator.model) - base_logits).abs().max() > 1e-2  # the adapter changes the output
     assert len(generator.load_weights(base_sync)) == len(base_sync)
@@ -109,8 +115,15 @@ def test_merge_equals_peft_merge(tiny_models: dict[str, Path]) -> None:
         assert torch.allclose(merged[name], tensor, atol=1e-6, rtol=0), name
 
 
-@pytest.fixture(scope="module")
-def lora_engine_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+#: the default targets (the decoder's projections), and those plus the output projection, which FSDP2 shards as a
+#: unit of its own (verl_audio.patches.patch_fsdp2_lora_layer_class)
+LORA_TARGETS = {"all-linear": "all-linear",
+                "with-lm_head": lora.default_targets(family_named("qwen2_5_omni")) + "|lm_head"}
+
+
+@pytest.fixture(scope="module", params=list(LORA_TARGETS))
+def lora_engine_run(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
     """One PPO step of a LoRA engine (FSDP2, world size 1) on the tiny Qwen2.5-Omni, and its checkpoint."""
     from helpers.engine_run import run_torchrun
 
@@ -118,7 +131,10 @@ def lora_engine_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
     root = tmp_path_factory.mktemp("lora_engine")
     base = build_tiny_omni(root / "base", talker=True)
-    (result,) = run_torchrun(base, root / "results", extra=["--train", "--lora-rank", "8", "--save", str(root / "actor")])
+    extra = ["--train", "--lora-rank", "8", "--save", str(root / "actor"), "--lora-targets", LORA_TARGETS[request.param]]
+    (result,) = run_torchrun(base, root / "results", extra=extra)
+    adapted_head = any(name.startswith(f"{lora.PEFT_PREFIX}lm_head.") for name in result["adapter_tensors"])
+    assert adapted_head == (request.param == "with-lm_head")
     return base, root / "actor", result
 
 
@@ -126,9 +142,11 @@ def test_engine_trains_adapters_only(lora_engine_run: tuple[Path, Path, dict[str
     _, ckpt, result = lora_engine_run
     assert result["max_abs_diff"] < 1e-5  # B starts at zero: the adapted model is the base
     assert result["base_changed"] == [] and result["base_tensors"] > 0  # base weights bit-identical after the step
-    assert result["adapter_changed"] == result["adapter_tensors"] and len(result["adapter_tensors"]) > 0
-    assert all(".lora_" in name and not name.startswith(f"{lora.PEFT_PREFIX}audio_tower")
-               for name in result["adapter_tensors"])
+    adapters = [n for n in result["adapter_tensors"] if lora.is_adapter_tensor(n)]
+    assert result["adapter_changed"] == adapters and len(adapters) > 0  # every adapter tensor trained
+    # peft sends an adapted lm_head's base weight with the adapters (save_embedding_layers="auto"); it is frozen
+    assert set(result["adapter_tensors"]) - set(adapters) <= {f"{lora.PEFT_PREFIX}lm_head.base_layer.weight"}
+    assert not any(name.startswith(f"{lora.PEFT_PREFIX}audio_tower") for name in result["adapter_tensors"])
     assert result["loss_after"] < result["loss_before"]
     assert result["ref_max_abs_diff"] < 1e-5  # the reference is the base: adapter off, no second model
     meta = json.loads((ckpt / "lora_train_meta.json").read_text())
@@ -156,7 +174,7 @@ def test_export_merges_adapters(lora_engine_run: tuple[Path, Path, dict[str, Any
 
     base, ckpt, result = lora_engine_run
     summary = export_model(ckpt, base, tmp_path / "out", dtype=torch.float32, adapter_out=tmp_path / "adapter")
-    assert summary["lora_modules_merged"] == len(result["adapter_tensors"]) // 2
+    assert summary["lora_modules_merged"] == len(lora.adapted_modules(result["adapter_tensors"]))
     verify_export(tmp_path / "out")
     merged = Qwen2_5OmniForConditionalGeneration.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
     exported = _thinker_logps(merged.thinker, base)

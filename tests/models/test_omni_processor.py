@@ -122,11 +122,17 @@ def test_family_of_omni_checkpoints(tmp_path: Path, tiny: Path) -> None:
     assert family_of_path(tmp_path) is None
 
 
-def test_omni_checkpoint_errors_are_raised_not_swallowed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen2_audio", "qwen3_omni"])
+def test_audio_checkpoint_errors_are_raised_not_swallowed(tmp_path: Path, family: str) -> None:
+    """A directory whose processor config names a family's processor but lacks files raises (verl would return
+    None, and audio prompts would become text prompts)."""
     from verl.utils import hf_processor
 
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5OmniProcessor"}))
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    from verl_audio.models.families import family_named
+
+    processor_class = family_named(family).processor_class
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"processor_class": processor_class}))
+    with pytest.raises((OSError, ValueError)):  # a missing config.json / an image processor it cannot build
         hf_processor(str(tmp_path))
 
 

@@ -158,11 +158,16 @@ def test_log_probs_are_the_unfiltered_tempered_distribution(server: HFRolloutSer
         chosen = torch.tensor(out.token_ids)
         expected = tempered.gather(-1, chosen[:, None]).squeeze(-1)
         assert (expected - torch.tensor(out.log_probs)).abs().max().item() <= 1e-4
-        # every token was allowed by top-k and by the nucleus
-        rank = (tempered > tempered.gather(-1, chosen[:, None])).sum(-1)
-        assert int(rank.max()) < top_k
-        probs = tempered.exp()
-        mass_above = (probs * (probs > probs.gather(-1, chosen[:, None]))).sum(-1)
+        # every token was allowed by top-k and by the nucleus, which rank the ids the sampler may draw (placeholders
+        # and ids past the tokenizer are banned after the log-probs are taken); this forward is unbatched and the
+        # server's was batched, so a token counts as above the chosen one only beyond the tolerance above
+        chosen_logp = tempered.gather(-1, chosen[:, None])
+        allowed = torch.ones(tempered.shape[-1], dtype=torch.bool)
+        allowed[sorted(server.engine.banned_ids)] = False
+        above = (tempered > chosen_logp + 1e-4) & allowed
+        assert int(above.sum(-1).max()) < top_k
+        probs = (tempered.masked_fill(~allowed, float("-inf"))).softmax(-1)  # the distribution top-p cuts
+        mass_above = (probs * above).sum(-1)
         assert float(mass_above.max()) <= top_p + 1e-6
 
 

@@ -69,7 +69,11 @@ def test_connect_drops_start_only_arguments_and_keeps_runtime_env(joined: list[s
     kwargs, dropped = cluster.init_kwargs(cfg, nodes.address)
     assert not dropped and kwargs["address"] == nodes.address
     assert kwargs["runtime_env"]["env_vars"]["VA_PROBE"] == "kept"
-    assert "TOKENIZERS_PARALLELISM" in kwargs["runtime_env"]["env_vars"]  # verl's defaults merged under it
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    # verl's defaults merged under it (verl leaves out those this process already has set)
+    defaults = get_ppo_ray_runtime_env(cfg)["env_vars"]
+    assert defaults and defaults.items() <= kwargs["runtime_env"]["env_vars"].items()
     names = sorted(n["NodeName"] for n in cluster.alive_nodes())
     assert names == ["head", "w1"]
 

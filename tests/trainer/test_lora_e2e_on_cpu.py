@@ -4,7 +4,8 @@ Two steps of ``recipes/soundmind_alr.sh`` (PRESET=tiny, Qwen2.5-Omni) through re
 `hf` rollout (adapters injected into its model) or the `vllm` rollout (vLLM's LoRA support, adapters in memory):
 the log-probs the rollout reports equal the actor's after the adapters it pushed
 (``training/rollout_probs_diff_max`` <= 1e-3), the checkpoint holds the adapters, the export (merged) reloads as
-the stock class, and a rerun with more steps resumes from the checkpoint. The `hf` run is in the default suite,
+the stock class, and a rerun with more steps resumes from the checkpoint (``slow``). The `hf` run is in the
+default suite,
 the `vllm` run (the vLLM engine starts in minutes on CPU) and the Qwen2-Audio run on `vllm` (merged weights,
 automatically: its vLLM class has no LoRA) are ``slow``.
 """
@@ -57,7 +58,7 @@ def test_adapters_reach_the_rollout(run: tuple[str, str, Path, str]) -> None:
     assert "lora        rank 8, alpha 16" in log  # the run's summary
 
 
-def test_checkpoint_export_and_resume(run: tuple[str, str, Path, str]) -> None:
+def test_checkpoint_and_export(run: tuple[str, str, Path, str]) -> None:
     import json
 
     import transformers
@@ -72,7 +73,13 @@ def test_checkpoint_export_and_resume(run: tuple[str, str, Path, str]) -> None:
     verify_export(folder / "hf_export")  # no missing, unexpected or mismatched keys for the stock class
     model = getattr(transformers, family_named(family).full_class).from_pretrained(folder / "hf_export")
     assert not any("lora" in name for name, _ in model.named_parameters())
-    # one more step: the rerun resumes from step 2 (the adapters and their optimizer state)
+
+
+@pytest.mark.slow  # a third recipe step (~2 min on CPU); resume without LoRA is in the default suite
+def test_resume(run: tuple[str, str, Path, str]) -> None:
+    """One more step: the rerun resumes from step 2 (the adapters and their optimizer state)."""
+    family, rollout, outputs, _ = run
+    folder = outputs / EXPERIMENT
     result = run_recipe(outputs, "trainer.total_training_steps=3", *OVERRIDES, rollout=rollout,
                         env={"MODEL_FAMILY": family, "LORA_RANK": "8"})
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]

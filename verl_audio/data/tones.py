@@ -4,7 +4,8 @@ Used as a fast sanity task for audio RL (a policy that hears its input should re
 The bands are far apart (200-600 Hz vs 1500-3000 Hz), so the label is never ambiguous.
 
 The multiple-choice variant (``generate_tone_mcq``, ``examples/hear_tones_mcq``) asks "How high is the tone?"
-with four pitch bands as choices in shuffled order (``MCQ_BANDS``) and writes MMAU-style annotation items.
+with the bands of ``MCQ_CHOICES[k]`` as choices in shuffled order (four pitch bands, ``MCQ_BANDS``, or the two of
+the one-word task, ``BANDS``) and writes MMAU-style annotation items.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ MCQ_BANDS: dict[str, tuple[float, float]] = {
     "high": (1300.0, 2000.0),
     "very high": (2800.0, 4000.0),
 }
+#: the band sets the multiple-choice variant offers, by number of choices
+MCQ_CHOICES: dict[int, dict[str, tuple[float, float]]] = {4: MCQ_BANDS, 2: BANDS}
 MCQ_QUESTION = "How high is the tone?"
 MCQ_DATASET = "hear_tones_mcq"
 DURATION_S = (0.5, 1.5)
@@ -98,11 +101,11 @@ def _write_tone(path: Path, label: str, band: tuple[float, float], rng: random.R
 
 
 def generate_tone_mcq(out_dir: str | Path, n: int, seed: int = 0, noise: bool = True, silent: bool = False,
-                      audio_folder: str = "audio") -> list[dict]:
+                      audio_folder: str = "audio", bands: dict[str, tuple[float, float]] = MCQ_BANDS) -> list[dict]:
     """Write ``n`` tone clips to ``out_dir/<audio_folder>/tone_<index:04d>.wav`` and return their MMAU-style items.
 
-    Answers are balanced over ``MCQ_BANDS`` (``n // 4`` each, the rest drawn at random) and shuffled by ``seed``;
-    each item lists the four bands as choices in its own shuffled order. Items: ``id``, ``audio_id`` (relative to
+    Answers are balanced over ``bands`` (``n // len(bands)`` each, the rest drawn at random) and shuffled by
+    ``seed``; each item lists all bands as choices in its own shuffled order. Items: ``id``, ``audio_id`` (relative to
     ``out_dir``, as MMAU's ``./test-mini-audios/...``), ``question``, ``choices``, ``answer``, ``dataset``,
     ``task`` (sound), ``difficulty`` (easy for one-word answers, medium for two), ``category`` (pitch),
     ``sub-category`` (the answer's band), ``freq`` (Hz) and ``duration`` (s). ``silent``: the clips are written
@@ -114,13 +117,14 @@ def generate_tone_mcq(out_dir: str | Path, n: int, seed: int = 0, noise: bool = 
     (out / audio_folder).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     noise_rng = np.random.default_rng(seed)
-    names = list(MCQ_BANDS)
-    labels = [names[i % len(names)] for i in range(n - n % len(names))] + [rng.choice(names) for _ in range(n % 4)]
+    names = list(bands)
+    labels = [names[i % len(names)] for i in range(n - n % len(names))]
+    labels += [rng.choice(names) for _ in range(n % len(names))]
     rng.shuffle(labels)
     items = []
     for i, label in enumerate(labels):
         path = out / audio_folder / f"tone_{i:04d}.wav"
-        rec = _write_tone(path, label, MCQ_BANDS[label], rng, noise_rng, noise)
+        rec = _write_tone(path, label, bands[label], rng, noise_rng, noise)
         if silent:
             sf.write(path, np.zeros(int(round(rec["duration"] * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE,
                      subtype="PCM_16")

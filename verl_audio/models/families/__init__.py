@@ -42,6 +42,22 @@ def family_of_config(hf_config: Any) -> AudioFamily:
     return MODEL_TYPES[model_type]
 
 
+#: families by their transformers processor class
+PROCESSOR_CLASSES: dict[str, AudioFamily] = {f.processor_class: f for f in FAMILIES.values()}
+
+
+def family_of_processor_dir(path: str | Path) -> AudioFamily | None:
+    """The family whose processor a local directory's ``processor_config.json`` / ``preprocessor_config.json``
+    names (``processor_class``), or None."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        file = Path(str(path)) / name
+        if file.is_file():
+            family = PROCESSOR_CLASSES.get(json.loads(file.read_text(encoding="utf-8")).get("processor_class"))
+            if family is not None:
+                return family
+    return None
+
+
 def family_of_path(path: str | Path) -> AudioFamily | None:
     """The family of a local checkpoint directory from its ``config.json``; None when it is not one of ours
     (or not a local checkpoint). A ``model_type`` of ours whose ``architectures[0]`` names another family raises."""

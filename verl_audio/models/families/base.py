@@ -64,6 +64,8 @@ class AudioFamily:
     moe: bool = False
     #: vLLM architecture of a full checkpoint
     vllm_architecture: str = ""
+    #: transformers processor class (``processor_class`` of a processor-only directory's config)
+    processor_class: str = ""
 
     def __repr__(self) -> str:
         return f"<AudioFamily {self.name}>"

@@ -35,6 +35,7 @@ class Qwen25Omni(AudioFamily):
     can_speak = True
     vllm_lora = True
     vllm_architecture = "Qwen2_5OmniForConditionalGeneration"
+    processor_class = "Qwen2_5OmniProcessor"
 
     def thinker_config(self, hf_config: Any) -> Any:
         from verl_audio.models.omni_config import thinker_config

@@ -41,6 +41,7 @@ class Qwen2Audio(AudioFamily):
     decoder_layers = "model.language_model.layers"
     window_seconds = 30.0
     vllm_architecture = "Qwen2AudioForConditionalGeneration"
+    processor_class = "Qwen2AudioProcessor"
     vllm_lora_note = "its vLLM class does not implement SupportsLoRA"
 
     def text_config(self, hf_config: Any) -> Any:

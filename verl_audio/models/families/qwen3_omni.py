@@ -42,6 +42,7 @@ class Qwen3OmniThinker(AudioFamily):
     vllm_lora_note = "MoE + LoRA selects vLLM's Triton experts, absent from its CPU build; untested on GPU here"
     moe = True
     vllm_architecture = "Qwen3OmniMoeForConditionalGeneration"
+    processor_class = "Qwen3OmniMoeProcessor"
 
     def thinker_config(self, hf_config: Any) -> Any:
         from verl_audio.models.qwen3_omni_processor import thinker_config

@@ -162,7 +162,13 @@ class AudioGenerator:
     @torch.no_grad()
     def load_adapter(self, named_tensors: list[tuple[str, torch.Tensor]], peft_config: dict[str, Any]) -> list[str]:
         """Apply a whole LoRA adapter sent by verl (``base_model.model.<module>.lora_{A,B}.weight``): the first one
-        injects LoRA layers into exactly its modules, later ones are copied into them. Returns the modules."""
+        injects LoRA layers into exactly its modules, later ones are copied into them. Returns the modules.
+
+        With an embedding or ``lm_head`` among the targets, peft's adapter state (``save_embedding_layers="auto"``)
+        also holds that layer's base weight (``…lm_head.base_layer.weight``): it is loaded as a base weight."""
+        base = [(name.removeprefix(lora.PEFT_PREFIX), t)
+                for name, t in named_tensors if not lora.is_adapter_tensor(name)]
+        named_tensors = [(name, t) for name, t in named_tensors if lora.is_adapter_tensor(name)]
         modules = lora.adapted_modules(name for name, _ in named_tensors)
         if self.adapter_modules is None:
             lora.inject(self.model, modules, peft_config)
@@ -173,6 +179,8 @@ class AudioGenerator:
         loaded = lora.load_adapter(self.model, named_tensors)
         if loaded != modules:
             raise ValueError(f"LoRA adapter lacks A or B for {sorted(set(modules) - set(loaded))[:4]}")
+        if base and len(self.load_weights(base)) != len(base):
+            raise ValueError(f"LoRA adapter update: base weights of the generating part expected, got {base[0][0]!r}…")
         self.embed_cache.clear()
         return loaded
 
