@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from transformers import Qwen2AudioProcessor
 
+from verl_audio.models.audio_features import CachingWhisperFeatureExtractor
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_RATE, HOP = 16_000, 160
@@ -106,8 +108,9 @@ class WindowedQwen2AudioProcessor(Qwen2AudioProcessor):
     def from_processor(cls, processor: Qwen2AudioProcessor) -> WindowedQwen2AudioProcessor:
         if isinstance(processor, cls):
             return processor
-        return cls(feature_extractor=processor.feature_extractor, tokenizer=processor.tokenizer,
-                   chat_template=processor.chat_template)
+        # verl's agent loop featurizes each clip 2 x rollout.n times per step; padded to 30 s, each call is costly
+        return cls(feature_extractor=CachingWhisperFeatureExtractor.from_extractor(processor.feature_extractor),
+                   tokenizer=processor.tokenizer, chat_template=processor.chat_template)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "processor_class": Qwen2AudioProcessor.__name__}
