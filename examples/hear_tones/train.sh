@@ -13,7 +13,7 @@
 # Environment: OUTPUTS (default outputs), EXPERIMENT (default hear_tones[_<family>][_lora<R>][_ablation]),
 # MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), LORA_TARGETS (peft
 # target_modules with LORA_RANK: the decoder's projections and lm_head), STEPS (60),
-# TRAIN_ENCODER (1: train the random audio encoder too; default 1, Qwen2-Audio and LoRA 0),
+# TRAIN_ENCODER (1: train the random audio encoder too; default 1, Qwen2-Audio 0; refused with LORA_RANK),
 # BATCH (prompts per step, 64), MICRO_BATCH (sequences per actor pass: BATCH x N; a trained Qwen2-Audio encoder 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
 # Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, data/ (train/val/test clips + parquet), metrics.jsonl,
 # reward_curve.png, checkpoints/, hf_export/, eval.txt (eval.py's report; its last line is the accuracy).
@@ -48,8 +48,11 @@ STEPS=${STEPS:-60} BATCH=${BATCH:-64} N=${N:-8}
 # trained, its attention over 1500 positions for 512 sequences took 16 GB and ~100 s of each step's actor update
 # on this CPU, so for Qwen2-Audio the random encoder stays frozen (its outputs cached) unless TRAIN_ENCODER=1,
 # and a trained one goes through the actor 64 sequences at a time
+if [[ "$LORA_RANK" != 0 ]]; then  # LoRA's adapters stay on the language model: the encoder cannot train
+  if [[ "${TRAIN_ENCODER:-0}" == 1 ]]; then echo "error: TRAIN_ENCODER=1 with LORA_RANK=$LORA_RANK: LoRA keeps the audio encoder frozen" >&2; exit 2; fi
+  TRAIN_ENCODER=0
+fi
 TRAIN_ENCODER=${TRAIN_ENCODER:-$([[ $FAMILY == qwen2_audio ]] && echo 0 || echo 1)}
-[[ "$LORA_RANK" != 0 ]] && TRAIN_ENCODER=0
 FREEZE=$([[ $TRAIN_ENCODER == 1 ]] && echo false || echo true)
 MICRO=$((BATCH * N)); [[ $FAMILY == qwen2_audio && $TRAIN_ENCODER == 1 ]] && MICRO=64
 MICRO=${MICRO_BATCH:-$MICRO} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-1} SEED=${SEED:-0}
