@@ -14,6 +14,8 @@
 # MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), LORA_TARGETS (peft
 # target_modules with LORA_RANK: the decoder's projections and lm_head), STEPS (60),
 # TRAIN_ENCODER (1: train the random audio encoder too; default 1, Qwen2-Audio 0; refused with LORA_RANK),
+# TRAIN_PROJECTOR (1: train Qwen2-Audio's projector, also on the frozen encoder's cached outputs; 0: as the encoder;
+# default 1 for Qwen2-Audio, 0 otherwise; refused with LORA_RANK),
 # BATCH (prompts per step, 64), MICRO_BATCH (sequences per actor pass: BATCH x N; a trained Qwen2-Audio encoder 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (1), ENTROPY (0), SEED (0).
 # Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, data/ (train/val/test clips + parquet), metrics.jsonl,
 # reward_curve.png, checkpoints/, hf_export/, eval.txt (eval.py's report; its last line is the accuracy).
@@ -49,11 +51,18 @@ STEPS=${STEPS:-60} BATCH=${BATCH:-64} N=${N:-8}
 # on this CPU, so for Qwen2-Audio the random encoder stays frozen (its outputs cached) unless TRAIN_ENCODER=1,
 # and a trained one goes through the actor 64 sequences at a time
 if [[ "$LORA_RANK" != 0 ]]; then  # LoRA's adapters stay on the language model: the encoder cannot train
-  if [[ "${TRAIN_ENCODER:-0}" == 1 ]]; then echo "error: TRAIN_ENCODER=1 with LORA_RANK=$LORA_RANK: LoRA keeps the audio encoder frozen" >&2; exit 2; fi
-  TRAIN_ENCODER=0
+  for part in ENCODER PROJECTOR; do
+    var=TRAIN_$part
+    if [[ "${!var:-0}" == 1 ]]; then echo "error: $var=1 with LORA_RANK=$LORA_RANK: LoRA keeps the audio ${part,,} frozen" >&2; exit 2; fi
+  done
+  TRAIN_ENCODER=0 TRAIN_PROJECTOR=0
 fi
 TRAIN_ENCODER=${TRAIN_ENCODER:-$([[ $FAMILY == qwen2_audio ]] && echo 0 || echo 1)}
 FREEZE=$([[ $TRAIN_ENCODER == 1 ]] && echo false || echo true)
+# Qwen2-Audio's projector (apart from its encoder) is trained on the frozen encoder's cached outputs; the Omni
+# thinkers have none, so there it follows the encoder (null)
+TRAIN_PROJECTOR=${TRAIN_PROJECTOR:-$([[ $FAMILY == qwen2_audio ]] && echo 1 || echo 0)}
+FREEZE_PROJECTOR=$([[ $TRAIN_PROJECTOR == 1 ]] && echo false || echo null)
 MICRO=$((BATCH * N)); [[ $FAMILY == qwen2_audio && $TRAIN_ENCODER == 1 ]] && MICRO=64
 MICRO=${MICRO_BATCH:-$MICRO} LR=${LR:-3e-3} RESPONSE_LENGTH=${RESPONSE_LENGTH:-1} SEED=${SEED:-0}
 ENTROPY=${ENTROPY:-0}
@@ -79,6 +88,7 @@ start=$(date +%s)
 $PY -m verl_audio.trainer.main \
   trainer.experiment_name="$EXP" verl_audio.output_dir="$RUN" \
   actor_rollout_ref.model.path="$MODEL" actor_rollout_ref.model.freeze_audio_encoder="$FREEZE" \
+  actor_rollout_ref.model.freeze_audio_projector="$FREEZE_PROJECTOR" \
   actor_rollout_ref.model.enable_gradient_checkpointing=false \
   data.train_files="$DATA/train.parquet" data.val_files="$DATA/val.parquet" \
   data.train_batch_size="$BATCH" data.val_batch_size=64 data.max_prompt_length=128 \

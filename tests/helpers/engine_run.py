@@ -130,10 +130,17 @@ def _to_td(batch: dict[str, Any], rows: slice, extra: dict[str, torch.Tensor] | 
 
 
 def _fingerprint(engine: Any) -> dict[str, torch.Tensor]:
-    """Full (unsharded) copies of the audio-encoder and first decoder-layer weights (collective call)."""
+    """Full (unsharded) copies of the audio-encoder, audio-projector and first decoder-layer weights (collective
+    call)."""
     params, _ = engine.get_per_tensor_param()
     audio = engine.family.audio_encoder + "."
-    return {n: v.detach().float().clone() for n, v in params if n.startswith(audio) or "layers.0." in n}
+    return {n: v.detach().float().clone() for n, v in params
+            if n.startswith(audio) or _in_projector(engine, n) or "layers.0." in n}
+
+
+def _in_projector(engine: Any, name: str) -> bool:
+    """Whether weight ``name`` belongs to the family's audio projector apart from its encoder."""
+    return any(f"{path.split('.')[-1]}." in name for path in engine.family.audio_encoder_extra)
 
 
 def _lora_state(engine: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -162,6 +169,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-remove-padding", action="store_true")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="engine attention implementation")
     parser.add_argument("--no-freeze", action="store_true", help="train the audio encoder too")
+    parser.add_argument("--train-projector", action="store_true",
+                        help="model.freeze_audio_projector=False (a family's projector apart from its encoder)")
     parser.add_argument("--grad-ckpt", action="store_true", help="enable gradient checkpointing")
     parser.add_argument("--bf16", action="store_true", help="verl's default mixed precision (bf16 compute)")
     parser.add_argument("--plain-config", action="store_true",
@@ -196,6 +205,7 @@ def _worker_config(args: argparse.Namespace) -> Any:
         if args.audio_cache_size is not None:
             common["audio_encoder_cache_size"] = args.audio_cache_size
         model_config = AudioModelConfig(freeze_audio_encoder=not args.no_freeze, lora_rank=args.lora_rank,
+                                        freeze_audio_projector=False if args.train_projector else None,
                                         lora_alpha=16, target_modules=args.lora_targets, **common)
     fp32 = None if args.bf16 else {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     engine_config = FSDPEngineConfig(strategy=args.strategy, forward_only=args.ref, model_dtype="fp32",
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         result["loss_before"] = loss_now()
         metrics = tu.get(worker.train_batch(_to_td(batch, rows, extra)), "metrics")
         result["grad_norm"] = float(metrics["grad_norm"])
+        result["train_encoder"] = _encoder_counts(metrics)
         result["loss_after"] = loss_now()
         after_weights = _fingerprint(worker.engine)
         if args.lora_rank:
@@ -334,7 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         changed = {n for n in before_weights if not torch.equal(before_weights[n], after_weights[n])}
         audio = worker.engine.family.audio_encoder + "."
         result["audio_changed"] = sorted(n for n in changed if n.startswith(audio))
-        result["text_changed"] = sorted(n for n in changed if not n.startswith(audio))
+        result["projector_changed"] = sorted(n for n in changed if _in_projector(worker.engine, n))
+        result["text_changed"] = sorted(n for n in changed
+                                        if not n.startswith(audio) and not _in_projector(worker.engine, n))
 
     if args.save:
         worker.save_checkpoint(args.save, global_step=1)

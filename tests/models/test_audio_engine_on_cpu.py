@@ -76,6 +76,12 @@ def test_model_config_defaults_and_validation(omni_full: Path) -> None:
     assert config.use_remove_padding is True and config.enable_gradient_checkpointing is True
     with pytest.raises(TypeError, match="freeze_audio_encoder"):
         _config(omni_full, freeze_audio_encoder="no")
+    assert config.freeze_audio_projector is None
+    with pytest.raises(TypeError, match="freeze_audio_projector"):
+        _config(omni_full, freeze_audio_projector="no")
+    # the Omni's projection is its encoder's last layer: nothing to train apart from the encoder
+    with pytest.raises(ValueError, match="no audio projector"):
+        _config(omni_full, freeze_audio_projector=False)
 
 
 def test_model_config_from_hydra_target(omni_full: Path) -> None:
@@ -108,6 +114,8 @@ def test_model_config_rejects_other_checkpoints(tmp_path: Path) -> None:
         ({"attn": "flex_attention"}, {}, ValueError, "use_remove_padding"),
         ({}, {"strategy": "fsdp2", "wrap_policy": {"transformer_layer_cls_to_wrap": [
             "Qwen2_5OmniAudioEncoder", "Qwen2_5OmniAudioEncoderLayer"]}}, ValueError, "wrap the parent first"),
+        ({"lora_rank": 8, "freeze_audio_encoder": False}, {}, ValueError, "freeze_audio_encoder=False"),
+        ({"lora_rank": 8, "freeze_audio_projector": False}, {}, ValueError, "freeze_audio_projector=False"),
     ],
 )
 def test_unsupported_settings_are_rejected_at_start(omni_full: Path, model_changes: dict, engine_changes: dict,

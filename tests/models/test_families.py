@@ -127,4 +127,18 @@ def test_fsdp_engine_parity_training_and_a_100_s_clip(tiny: tuple, tmp_path: Pat
     for result in results:
         assert result["max_abs_diff"] < 1e-4, result["per_sample"]
         assert result["loss_after"] < result["loss_before"]
-        assert result["audio_changed"] == [] and result["text_changed"]
+        assert result["audio_changed"] == [] and result["projector_changed"] == [] and result["text_changed"]
+
+
+def test_qwen2_audio_projector_trains_on_cached_encoder_outputs(tmp_path: Path) -> None:
+    """``model.freeze_audio_projector=False`` with the encoder frozen: a PPO step changes Qwen2-Audio's projector
+    and leaves the audio tower bit-identical, whose outputs still come from the cache."""
+    from helpers.engine_run import run_torchrun
+
+    path = family_named("qwen2_audio").build_tiny(tmp_path / "tiny", vocab="small")
+    (result,) = run_torchrun(path, tmp_path / "out", world_size=1, extra=["--train", "--train-projector"])
+    assert result["loss_after"] < result["loss_before"]
+    assert result["audio_changed"] == [] and result["text_changed"]
+    assert sorted(result["projector_changed"]) == ["model.multi_modal_projector.linear.bias",
+                                                   "model.multi_modal_projector.linear.weight"], result
+    assert result["train_encoder"] == {"passes": 0.0, "hits": 4.0}  # the tower's rows all came from the cache

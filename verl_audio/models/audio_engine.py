@@ -72,6 +72,11 @@ class AudioModelConfig(HFModelConfig):
     freeze_audio_encoder: bool = True
     """Keep the audio encoder (and a projector trained with it) frozen: no gradients, weights never change."""
 
+    freeze_audio_projector: bool | None = None
+    """Keep a family's separate audio projector (Qwen2-Audio's ``multi_modal_projector``) frozen; None: as
+    ``freeze_audio_encoder``. False with a frozen encoder trains the projector on the cached encoder outputs. The
+    Omni thinkers have none (their projection is the encoder's last layer), so False is refused there."""
+
     freeze_vision_encoder: bool = True
     """Keep a vision encoder, unused by audio prompts, frozen (families that have one)."""
 
@@ -87,10 +92,15 @@ class AudioModelConfig(HFModelConfig):
         for key in ("freeze_audio_encoder", "freeze_vision_encoder"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"model.{key} must be a bool, got {getattr(self, key)!r}")
+        if self.freeze_audio_projector is not None and not isinstance(self.freeze_audio_projector, bool):
+            raise TypeError(f"model.freeze_audio_projector must be a bool or null, got {self.freeze_audio_projector!r}")
         size = self.audio_encoder_cache_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"model.audio_encoder_cache_size must be an int >= 0, got {size!r}")
         family = family_of_config(self.hf_config)  # raises for a checkpoint of no known family
+        if self.freeze_audio_projector is False and not family.audio_encoder_extra:
+            raise ValueError(f"{self.path}: model.freeze_audio_projector=False, but {family.name} has no audio "
+                             "projector apart from its encoder (train the encoder with model.freeze_audio_encoder=False)")
         if self.lora_rank > 0:  # adapters on the language model (verl_audio.models.lora)
             if self.target_modules == "all-linear":
                 self.target_modules = default_targets(family)
@@ -139,6 +149,9 @@ def check_supported(model_config: Any, engine_config: Any) -> None:
         if not model_config.get("freeze_audio_encoder", True):
             raise ValueError(f"{family.name}: LoRA trains the adapters only, so the audio encoder would stay frozen "
                              "although model.freeze_audio_encoder=False; set it to True (or train without LoRA)")
+        if model_config.get("freeze_audio_projector", None) is False:
+            raise ValueError(f"{family.name}: LoRA trains the adapters only, so the audio projector would stay frozen "
+                             "although model.freeze_audio_projector=False; leave it unset (or train without LoRA)")
     wrap = (engine_config.wrap_policy or {}).get("transformer_layer_cls_to_wrap")
     if engine_config.strategy == "fsdp2" and wrap:
         nested = [outer for outer in family.wrap_containers if outer in wrap and any(w in wrap for w in family.wrap_layers)]
@@ -153,9 +166,12 @@ def check_supported(model_config: Any, engine_config: Any) -> None:
                          "model.use_remove_padding=False or change override_config.attn_implementation")
 
 
-def freeze_encoders(family: AudioFamily, module: torch.nn.Module, *, audio: bool, vision: bool) -> list[str]:
-    """Turn off gradients of the chosen encoders of a family's model; return the paths of those frozen."""
-    paths = ([family.audio_encoder, *family.audio_encoder_extra] if audio else []) + (
+def freeze_encoders(family: AudioFamily, module: torch.nn.Module, *, audio: bool, vision: bool,
+                    projector: bool | None = None) -> list[str]:
+    """Turn off gradients of the chosen encoders of a family's model; return the paths of those frozen.
+    ``projector`` (the family's ``audio_encoder_extra``) follows ``audio`` when None."""
+    projector = audio if projector is None else projector
+    paths = ([family.audio_encoder] if audio else []) + (list(family.audio_encoder_extra) if projector else []) + (
         [family.vision_encoder] if vision and family.vision_encoder else [])
     for path in paths:
         family.module(module, path).requires_grad_(False)
@@ -292,7 +308,8 @@ class AudioFSDPEngine(FSDPEngineWithLMHead):
                            ulysses_sp_size=self.ulysses_sequence_parallel_size, use_fused_kernels=False)
         module.to(dtype)
         frozen = freeze_encoders(family, module, audio=self.model_config.get("freeze_audio_encoder", True),
-                                 vision=self.model_config.get("freeze_vision_encoder", True))
+                                 vision=self.model_config.get("freeze_vision_encoder", True),
+                                 projector=self.model_config.get("freeze_audio_projector", None))
         # installed before FSDP wraps the module: the instance attribute survives fully_shard / FSDP1 wrapping
         audio_frozen = family.audio_encoder in frozen
         cache_size = int(self.model_config.get("audio_encoder_cache_size", 64)) if audio_frozen else 0

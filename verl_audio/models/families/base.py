@@ -36,7 +36,7 @@ class AudioFamily:
     other_parts: tuple[str, ...] = ()
     #: attribute path of the audio encoder in the trainable model (frozen and cached when frozen)
     audio_encoder: str = ""
-    #: modules trained together with the encoder's output (frozen with it: e.g. Qwen2-Audio's projector)
+    #: an audio projector apart from the encoder (Qwen2-Audio's); frozen with it unless model.freeze_audio_projector
     audio_encoder_extra: tuple[str, ...] = ()
     #: attribute path of a vision encoder, or None
     vision_encoder: str | None = None
