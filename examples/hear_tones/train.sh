@@ -74,7 +74,8 @@ start=$(date +%s)
 
 # Why these settings (sized on this 2-core CPU machine; see examples/hear_tones/README.md):
 # - freeze_audio_encoder=false: the encoder is random too, so it is trained with the decoder (not for
-#   Qwen2-Audio, above, nor with LoRA, whose adapters stay on the language model).
+#   Qwen2-Audio, above, whose projector is trained instead: with it frozen too the policy settled on one word
+#   before it heard the tone; nor with LoRA, whose adapters stay on the language model).
 # - lr 3e-3, no KL term (so no reference model): random weights have nothing to stay close to.
 # - response length 1: the answer is one word (` high` / ` low` are single tokens of the small vocabulary;
 #   reward_fns/tones.py says why); more room only lets text follow it, which the reward rejects.
@@ -83,7 +84,7 @@ start=$(date +%s)
 #   step's fixed cost dominates at this model size.
 # - bypass_mode: the old log-probs are the rollout's (fp32 on both sides, so they equal the actor's);
 #   use_remove_padding=false: on CPU packed sequences take a slow attention path; micro-batch = whole batch
-#   (Qwen2-Audio: 64, above).
+#   (a trained Qwen2-Audio encoder: 64, above).
 # - validation on the 64 val clips every 10 steps, greedy (verl's val_kwargs default).
 $PY -m verl_audio.trainer.main \
   trainer.experiment_name="$EXP" verl_audio.output_dir="$RUN" \
