@@ -70,7 +70,8 @@ class AudioModelConfig(HFModelConfig):
     _mutable_fields = HFModelConfig._mutable_fields | {"target_modules", "exclude_modules"}
 
     freeze_audio_encoder: bool = True
-    """Keep the audio encoder (and a projector trained with it) frozen: no gradients, weights never change."""
+    """Keep the audio encoder frozen: no gradients, weights never change (a separate projector too, unless
+    ``freeze_audio_projector`` says otherwise)."""
 
     freeze_audio_projector: bool | None = None
     """Keep a family's separate audio projector (Qwen2-Audio's ``multi_modal_projector``) frozen; None: as
