@@ -7,12 +7,15 @@
 #   bash examples/hear_tones/train.sh                 # the run
 #   ABLATION=1 bash examples/hear_tones/train.sh      # the same run on silent training audio
 #   MODEL_FAMILY=qwen2_audio bash examples/hear_tones/train.sh   # another family (qwen2_audio, qwen3_omni)
-#   LORA_RANK=8 bash examples/hear_tones/train.sh     # LoRA adapters on the language model, the encoder frozen
+#   LORA_RANK=8 bash examples/hear_tones/train.sh     # LoRA adapters on the language model and the audio encoder
+#   LORA_RANK=8 LORA_ENCODER= bash examples/hear_tones/train.sh   # ... on the language model only
 #   STEPS=80 bash examples/hear_tones/train.sh trainer.test_freq=5     # extra args: verl/Hydra overrides
 #
 # Environment: OUTPUTS (default outputs), EXPERIMENT (default hear_tones[_<family>][_lora<R>][_ablation]),
 # MODEL_FAMILY (default qwen2_5_omni), LORA_RANK (0: all weights; alpha is twice the rank), LORA_TARGETS (peft
-# target_modules with LORA_RANK: the decoder's projections and lm_head), STEPS (60),
+# target_modules with LORA_RANK: the decoder's projections and lm_head), LORA_ENCODER (with LORA_RANK: the
+# audio-encoder modules that get adapters too, model.audio_encoder_lora_targets; default every linear layer of the
+# encoder; empty: none), STEPS (60),
 # TRAIN_ENCODER (1: train the random audio encoder too; default 1, Qwen2-Audio 0; refused with LORA_RANK),
 # TRAIN_PROJECTOR (1: train Qwen2-Audio's projector, also on the frozen encoder's cached outputs; 0: as the encoder;
 # default 1 for Qwen2-Audio, 0 otherwise; refused with LORA_RANK),
@@ -32,13 +35,16 @@ NAME=hear_tones; [[ $FAMILY == qwen2_5_omni ]] || NAME=hear_tones_$FAMILY
 LORA_RANK=${LORA_RANK:-0}
 LORA=()
 if [[ "$LORA_RANK" != 0 ]]; then
-  # adapters on the language model only: the random encoder stays frozen (and cached). lm_head is adapted too:
-  # the random model's frozen lm_head bounds every logit by ~1.7 (README), so decoder adapters alone cannot
-  # make an answer word likely; the encoders are excluded by default (model.exclude_modules)
-  NAME=${NAME}_lora$LORA_RANK
+  # adapters on the language model and lm_head: the random model's frozen lm_head bounds every logit by ~1.7
+  # (README), so decoder adapters alone cannot make an answer word likely. And on the random audio encoder's
+  # linear layers (its base weights frozen): with the encoder untouched the policy collapsed onto one word
+  # (README), as the runs that learnt all trained the audio side. LORA_ENCODER= leaves the encoder untouched.
   TARGETS=${LORA_TARGETS:-[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]}
+  ENCODER_TARGETS=${LORA_ENCODER-'layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|fc1|fc2)|proj'}
+  NAME=${NAME}_lora$LORA_RANK; [[ -n $ENCODER_TARGETS ]] || NAME=${NAME}_lm
   LORA=(actor_rollout_ref.model.lora_rank="$LORA_RANK" actor_rollout_ref.model.lora_alpha="$((2 * LORA_RANK))"
         actor_rollout_ref.model.target_modules="$TARGETS")
+  [[ -z $ENCODER_TARGETS ]] || LORA+=("actor_rollout_ref.model.audio_encoder_lora_targets='$ENCODER_TARGETS'")
 fi
 if [[ "$ABLATION" == 1 ]]; then
   EXP=${EXPERIMENT:-${NAME}_ablation}; SILENT=--silent-train
@@ -50,10 +56,13 @@ STEPS=${STEPS:-60} BATCH=${BATCH:-64} N=${N:-8}
 # trained, its attention over 1500 positions for 512 sequences took 16 GB and ~100 s of each step's actor update
 # on this CPU, so for Qwen2-Audio the random encoder stays frozen (its outputs cached) unless TRAIN_ENCODER=1,
 # and a trained one goes through the actor 64 sequences at a time
-if [[ "$LORA_RANK" != 0 ]]; then  # LoRA's adapters stay on the language model: the encoder cannot train
+if [[ "$LORA_RANK" != 0 ]]; then  # LoRA trains adapters only: the encoder's own weights stay frozen
   for part in ENCODER PROJECTOR; do
     var=TRAIN_$part
-    if [[ "${!var:-0}" == 1 ]]; then echo "error: $var=1 with LORA_RANK=$LORA_RANK: LoRA keeps the audio ${part,,} frozen" >&2; exit 2; fi
+    if [[ "${!var:-0}" == 1 ]]; then
+      echo "error: $var=1 with LORA_RANK=$LORA_RANK: LoRA keeps the audio ${part,,}'s weights frozen" \
+           "(LORA_ENCODER puts adapters on the encoder)" >&2; exit 2
+    fi
   done
   TRAIN_ENCODER=0 TRAIN_PROJECTOR=0
 fi
@@ -75,7 +84,7 @@ start=$(date +%s)
 # Why these settings (sized on this 2-core CPU machine; see examples/hear_tones/README.md):
 # - freeze_audio_encoder=false: the encoder is random too, so it is trained with the decoder (not for
 #   Qwen2-Audio, above, whose projector is trained instead: with it frozen too the policy settled on one word
-#   before it heard the tone; nor with LoRA, whose adapters stay on the language model).
+#   before it heard the tone; nor with LoRA, which trains adapters on the encoder instead).
 # - lr 3e-3, no KL term (so no reference model): random weights have nothing to stay close to.
 # - response length 1: the answer is one word (` high` / ` low` are single tokens of the small vocabulary;
 #   reward_fns/tones.py says why); more room only lets text follow it, which the reward rejects.

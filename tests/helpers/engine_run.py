@@ -182,6 +182,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--audio-cache-size", type=int, default=None, help="model.audio_encoder_cache_size")
     parser.add_argument("--lora-rank", type=int, default=0, help="model.lora_rank (LoRA adapters, alpha 16)")
     parser.add_argument("--lora-targets", default="all-linear", help="model.target_modules (with --lora-rank)")
+    parser.add_argument("--lora-encoder-targets", default=None, help="model.audio_encoder_lora_targets")
     parser.add_argument("--first-clip-seconds", type=float, default=None, help="row 0 hears a clip this long")
     parser.add_argument("--ray-workers", type=int, default=0,
                         help="instead of torchrun ranks: drive N Ray TrainingWorkers (RayWorkerGroup), inference only")
@@ -206,7 +207,8 @@ def _worker_config(args: argparse.Namespace) -> Any:
             common["audio_encoder_cache_size"] = args.audio_cache_size
         model_config = AudioModelConfig(freeze_audio_encoder=not args.no_freeze, lora_rank=args.lora_rank,
                                         freeze_audio_projector=False if args.train_projector else None,
-                                        lora_alpha=16, target_modules=args.lora_targets, **common)
+                                        lora_alpha=16, target_modules=args.lora_targets,
+                                        audio_encoder_lora_targets=args.lora_encoder_targets, **common)
     fp32 = None if args.bf16 else {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
     engine_config = FSDPEngineConfig(strategy=args.strategy, forward_only=args.ref, model_dtype="fp32",
                                      mixed_precision=fp32,

@@ -4,6 +4,7 @@ FSDP/FSDP2 engine under torchrun (world size 1 and 2, gloo) against a plain tran
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,6 +83,31 @@ def test_model_config_defaults_and_validation(omni_full: Path) -> None:
     # the Omni's projection is its encoder's last layer: nothing to train apart from the encoder
     with pytest.raises(ValueError, match="no audio projector"):
         _config(omni_full, freeze_audio_projector=False)
+
+
+def test_model_config_audio_encoder_lora_targets(omni_full: Path) -> None:
+    """Adapters on the audio encoder only on request, then also on the language model's projections, never on
+    the vision encoder; the key needs LoRA and a regex."""
+    assert _config(omni_full, lora_rank=8).exclude_modules.startswith("(?:audio_tower|visual)")
+    config = _config(omni_full, lora_rank=8, audio_encoder_lora_targets=r"proj|layers\.0\.fc1")
+    targets, excluded = re.compile(config.target_modules), re.compile(config.exclude_modules)
+    for name in ("audio_tower.proj", "audio_tower.layers.0.fc1", "model.layers.1.self_attn.q_proj"):
+        assert targets.fullmatch(name) and not excluded.fullmatch(name), name
+    for name in ("audio_tower.layers.0.self_attn.q_proj", "audio_tower.layers.1.fc1", "lm_head"):
+        assert not targets.fullmatch(name), name
+    assert excluded.fullmatch("visual.blocks.0.attn.qkv")
+    assert excluded.fullmatch("audio_tower.layers.1.fc1") and excluded.fullmatch("audio_tower.layers.0.fc2")
+    # peft's list form of target_modules (names or name endings) stays out of the audio encoder
+    listed = _config(omni_full, lora_rank=8, target_modules=["q_proj", "lm_head"], audio_encoder_lora_targets="proj")
+    targets = re.compile(listed.target_modules)
+    assert targets.fullmatch("model.layers.0.self_attn.q_proj") and targets.fullmatch("lm_head")
+    assert targets.fullmatch("audio_tower.proj") and not targets.fullmatch("audio_tower.layers.0.self_attn.q_proj")
+    with pytest.raises(ValueError, match="needs LoRA"):
+        _config(omni_full, audio_encoder_lora_targets="proj")
+    with pytest.raises(ValueError, match="no regex"):
+        _config(omni_full, lora_rank=8, audio_encoder_lora_targets="proj(")
+    with pytest.raises(TypeError, match="non-empty regex"):
+        _config(omni_full, lora_rank=8, audio_encoder_lora_targets="")
 
 
 def test_model_config_from_hydra_target(omni_full: Path) -> None:

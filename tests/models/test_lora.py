@@ -28,14 +28,21 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: family_named(name).build_tiny(root / name, vocab="small") for name in FAMILY_NAMES}
 
 
-def _peft_model(family: Any, path: Path, seed: int = 0, head: bool = False) -> Any:
-    """The family's trainable model with LoRA on its language model (r 4, random A and B), and on ``lm_head``."""
+#: audio-encoder modules every family's encoder has (Whisper-style layers): adapters there on request
+ENCODER_TARGETS = r"layers\.0\.fc1"
+
+
+def _peft_model(family: Any, path: Path, seed: int = 0, head: bool = False, encoder: str | None = None) -> Any:
+    """The family's trainable model with LoRA on its language model (r 4, random A and B), and on ``lm_head``, and
+    on the audio encoder's ``encoder`` modules (``model.audio_encoder_lora_targets``)."""
     from peft import LoraConfig, get_peft_model
 
     model = family.load_trainable(path, dtype=torch.float32).eval()
     targets = lora.default_targets(family) + ("|lm_head" if head else "")
+    if encoder is not None:
+        targets = lora.with_audio_encoder_targets(family, targets, encoder)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                        exclude_modules=lora.encoder_exclusion(family))
+                        exclude_modules=lora.encoder_exclusion(family, encoder))
     peft_model = get_peft_model(model, config).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -104,6 +111,31 @@ def test_hf_rollout_applies_verl_adapter_sync(name: str, head: bool, tiny_models
         generator.load_adapter(_adapter_sync(reference)[:2], peft_config)
 
 
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_audio_encoder_adapters_on_request(name: str, tiny_models: dict[str, Path]) -> None:
+    """``audio_encoder_lora_targets``: exactly the chosen audio-encoder modules get adapters, beside the language
+    model's, none in another encoder or projector; the `hf` rollout injects and applies them as peft does."""
+    from verl_audio.rollout.hf.engine import AudioGenerator
+
+    family, path = family_named(name), tiny_models[name]
+    reference = _peft_model(family, path, encoder=ENCODER_TARGETS)
+    adapted = [n.removeprefix(lora.PEFT_PREFIX) for n, m in reference.named_modules() if hasattr(m, "lora_A")]
+    in_encoder = lora.modules_in_audio_encoder(family, adapted)
+    assert in_encoder == [f"{family.audio_encoder}.layers.0.fc1"]
+    assert lora.modules_in_encoders(family, adapted, keep_audio_encoder=True) == []
+    assert len(adapted) > 1  # the language model's projections too
+
+    generator = AudioGenerator(str(path))
+    loaded = generator.load_adapter(_adapter_sync(reference), reference.peft_config["default"].to_dict())
+    assert loaded == sorted(adapted)
+    layer = reference.base_model.model.get_submodule(in_encoder[0])
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = layer(x), generator.model.get_submodule(in_encoder[0])(x)
+        assert (expected - layer.base_layer(x)).abs().max() > 1e-3  # the adapter changes the encoder layer
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
 def test_merge_equals_peft_merge(tiny_models: dict[str, Path]) -> None:
     family = family_named("qwen2_5_omni")
     peft_model = _peft_model(family, tiny_models["qwen2_5_omni"])
@@ -115,10 +147,12 @@ def test_merge_equals_peft_merge(tiny_models: dict[str, Path]) -> None:
         assert torch.allclose(merged[name], tensor, atol=1e-6, rtol=0), name
 
 
-#: the default targets (the decoder's projections), and those plus the output projection, which FSDP2 shards as a
-#: unit of its own (verl_audio.patches.patch_fsdp2_lora_layer_class)
-LORA_TARGETS = {"all-linear": "all-linear",
-                "with-lm_head": lora.default_targets(family_named("qwen2_5_omni")) + "|lm_head"}
+#: (target_modules, audio_encoder_lora_targets): the default targets (the decoder's projections); those plus the
+#: output projection, which FSDP2 shards as a unit of its own (verl_audio.patches.patch_fsdp2_lora_layer_class);
+#: the default targets plus the audio encoder's last projection and one of its layers' MLP
+LORA_TARGETS = {"all-linear": ("all-linear", None),
+                "with-lm_head": (lora.default_targets(family_named("qwen2_5_omni")) + "|lm_head", None),
+                "with-audio-encoder": ("all-linear", r"proj|layers\.0\.fc1")}
 
 
 @pytest.fixture(scope="module", params=list(LORA_TARGETS))
@@ -131,10 +165,13 @@ def lora_engine_run(request: pytest.FixtureRequest,
 
     root = tmp_path_factory.mktemp("lora_engine")
     base = build_tiny_omni(root / "base", talker=True)
-    extra = ["--train", "--lora-rank", "8", "--save", str(root / "actor"), "--lora-targets", LORA_TARGETS[request.param]]
+    targets, encoder_targets = LORA_TARGETS[request.param]
+    extra = ["--train", "--lora-rank", "8", "--save", str(root / "actor"), "--lora-targets", targets]
+    extra += ["--lora-encoder-targets", encoder_targets] if encoder_targets else []
     (result,) = run_torchrun(base, root / "results", extra=extra)
     adapted_head = any(name.startswith(f"{lora.PEFT_PREFIX}lm_head.") for name in result["adapter_tensors"])
     assert adapted_head == (request.param == "with-lm_head")
+    result["encoder_targets"] = encoder_targets
     return base, root / "actor", result
 
 
@@ -146,7 +183,12 @@ def test_engine_trains_adapters_only(lora_engine_run: tuple[Path, Path, dict[str
     assert result["adapter_changed"] == adapters and len(adapters) > 0  # every adapter tensor trained
     # peft sends an adapted lm_head's base weight with the adapters (save_embedding_layers="auto"); it is frozen
     assert set(result["adapter_tensors"]) - set(adapters) <= {f"{lora.PEFT_PREFIX}lm_head.base_layer.weight"}
-    assert not any(name.startswith(f"{lora.PEFT_PREFIX}audio_tower") for name in result["adapter_tensors"])
+    in_encoder = lora.modules_in_audio_encoder(family_named("qwen2_5_omni"), lora.adapted_modules(adapters))
+    if result["encoder_targets"] is None:
+        assert in_encoder == []
+    else:  # exactly the chosen encoder modules, run uncached so that their adapters learn
+        assert in_encoder == ["audio_tower.layers.0.fc1", "audio_tower.proj"]
+        assert result["train_encoder"]["passes"] > 0 and result["train_encoder"]["hits"] == 0
     assert result["loss_after"] < result["loss_before"]
     assert result["ref_max_abs_diff"] < 1e-5  # the reference is the base: adapter off, no second model
     meta = json.loads((ckpt / "lora_train_meta.json").read_text())

@@ -18,9 +18,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: family_named(name).build_tiny(root / name, vocab="small") for name in ("qwen2_5_omni", "qwen2_audio")}
 
 
-def _config(model: Path, *, rank: int = 8, rollout: str = "vllm", speech: bool = False, strategy: str = "fsdp2"):
+def _config(model: Path, *, rank: int = 8, rollout: str = "vllm", speech: bool = False, strategy: str = "fsdp2",
+            encoder_targets: str | None = None):
     return OmegaConf.create({"actor_rollout_ref": {
-        "model": {"path": str(model), "lora_rank": rank, "lora_alpha": 16, "lora": {}},
+        "model": {"path": str(model), "lora_rank": rank, "lora_alpha": 16, "lora": {},
+                  "audio_encoder_lora_targets": encoder_targets},
         "actor": {"strategy": strategy},
         "rollout": {"name": rollout, "engine_kwargs": {"speech": {"enable": speech}}}}})
 
@@ -41,6 +43,17 @@ def test_sync_mode(models: dict[str, Path], family: str, rollout: str, speech: b
     assert bool(config.actor_rollout_ref.model.lora.get("merge", False)) == (mode == "merged")
     said = "merged weights are synced" if mode == "merged" else "adapters synced"
     assert "LoRA r=8" in caplog.text and said in caplog.text
+
+
+@pytest.mark.parametrize("rollout,mode", [("vllm", "merged"), ("hf", "adapters")])
+def test_audio_encoder_adapters_merge_for_vllm(models: dict[str, Path], rollout: str, mode: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """vLLM applies LoRA to the language model only: adapters in the audio encoder reach it merged."""
+    config = _config(models["qwen2_5_omni"], rollout=rollout, encoder_targets="proj")
+    with caplog.at_level("WARNING"):
+        assert configure(config) == mode
+    assert bool(config.actor_rollout_ref.model.lora.get("merge", False)) == (mode == "merged")
+    assert ("audio_encoder_lora_targets" in caplog.text) == (mode == "merged")
 
 
 def test_without_lora_and_refusals(models: dict[str, Path]) -> None:

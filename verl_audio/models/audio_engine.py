@@ -23,8 +23,10 @@ built. verl packs multi-row position ids wrongly when every sequence of a batch 
 LoRA (``model.lora_rank`` > 0, verl's keys): verl wraps the built module with peft before FSDP, and the
 reference policy is the actor with the adapter off. Adapters stay on the language model: verl's default
 ``target_modules="all-linear"`` means its projections, ``exclude_modules`` defaults to the family's encoders
-(``verl_audio.models.lora``), an adapter inside an encoder is refused, and the encoders stay frozen. FSDP2 only (FSDP1 wraps each LoRA layer as its own unit, and peft's adapter export
-then finds no tensor). With ``model.lora.merge=True`` the merged weights are sent in the actor's precision.
+(``verl_audio.models.lora``), an adapter inside an encoder is refused unless ``audio_encoder_lora_targets``
+asks for the audio encoder's (its base weights stay frozen, its outputs uncached), and the encoders stay
+frozen. FSDP2 only (FSDP1 wraps each LoRA layer as its own unit, and peft's adapter export then finds no tensor).
+With ``model.lora.merge=True`` the merged weights are sent in the actor's precision.
 
 A frozen audio encoder runs once per clip per worker process: its outputs are cached by content
 (``model.audio_encoder_cache_size`` clips, LRU, host memory) and reused by old log-prob, reference and update
@@ -45,7 +47,8 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from verl_audio.models import encoder_cache
 from verl_audio.models.families import AudioFamily, family_of_config
-from verl_audio.models.lora import PEFT_PREFIX, default_targets, encoder_exclusion, modules_in_encoders
+from verl_audio.models.lora import (PEFT_PREFIX, default_targets, encoder_exclusion, modules_in_audio_encoder,
+                                    modules_in_encoders, with_audio_encoder_targets)
 from verl_audio.plugin_state import require_plugin
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,11 @@ class AudioModelConfig(HFModelConfig):
     freeze_vision_encoder: bool = True
     """Keep a vision encoder, unused by audio prompts, frozen (families that have one)."""
 
+    audio_encoder_lora_targets: str | None = None
+    """With LoRA: a regex (full match) of audio-encoder modules, named relative to the encoder (Qwen2.5-Omni's
+    last projection: ``proj``), that get adapters too; None: the encoder is left untouched. The encoder then runs
+    uncached and a ``vllm`` rollout receives merged weights (vLLM applies LoRA to the language model only)."""
+
     audio_encoder_cache_size: int = 64
     """Clips whose frozen-encoder outputs each worker keeps (LRU, host memory; ~20 MB per 110 s clip at 7B in
     bf16); 0 turns the cache off. Unused when the audio encoder is trained."""
@@ -102,11 +110,19 @@ class AudioModelConfig(HFModelConfig):
         if self.freeze_audio_projector is False and not family.audio_encoder_extra:
             raise ValueError(f"{self.path}: model.freeze_audio_projector=False, but {family.name} has no audio "
                              "projector apart from its encoder (train the encoder with model.freeze_audio_encoder=False)")
-        if self.lora_rank > 0:  # adapters on the language model (verl_audio.models.lora)
+        encoder_targets = self.audio_encoder_lora_targets
+        if encoder_targets is not None and (not isinstance(encoder_targets, str) or not encoder_targets):
+            raise TypeError(f"model.audio_encoder_lora_targets must be a non-empty regex or null, "
+                            f"got {encoder_targets!r}")
+        if encoder_targets is not None and self.lora_rank <= 0:
+            raise ValueError(f"model.audio_encoder_lora_targets={encoder_targets!r} needs LoRA (model.lora_rank > 0)")
+        if self.lora_rank > 0:  # adapters on the language model (verl_audio.models.lora), the audio encoder on request
             if self.target_modules == "all-linear":
                 self.target_modules = default_targets(family)
+            if encoder_targets is not None:
+                self.target_modules = with_audio_encoder_targets(family, self.target_modules, encoder_targets)
             if self.exclude_modules is None:
-                self.exclude_modules = encoder_exclusion(family)
+                self.exclude_modules = encoder_exclusion(family, encoder_targets)
         if self.model_type == "language_model":  # verl's default role: route to the audio engine
             self.model_type = self.hf_config.model_type
         if self.load_tokenizer and self.processor is None:
@@ -242,15 +258,22 @@ class AudioFSDPEngine(FSDPEngineWithLMHead):
         if not adapted:
             raise ValueError(f"{self.family.name}: LoRA matched no module (target_modules="
                              f"{self.model_config.target_modules!r}, exclude_modules={self.model_config.exclude_modules!r})")
-        inside = modules_in_encoders(self.family, adapted)
+        encoder_targets = self.model_config.get("audio_encoder_lora_targets", None)
+        inside = modules_in_encoders(self.family, adapted, keep_audio_encoder=encoder_targets is not None)
         if inside:
             raise ValueError(f"{self.family.name}: LoRA adapters inside the encoders {inside[:4]} ({len(inside)}): vLLM "
                              "applies LoRA to the language model only and the audio-encoder cache assumes a fixed "
-                             "encoder; exclude them (model.exclude_modules, default: the encoders)")
+                             "encoder; exclude them (model.exclude_modules, default: the encoders; the audio "
+                             "encoder's own layers go through model.audio_encoder_lora_targets)")
+        in_audio = modules_in_audio_encoder(self.family, adapted)
+        if encoder_targets is not None and not in_audio:
+            raise ValueError(f"{self.family.name}: model.audio_encoder_lora_targets={encoder_targets!r} matched no "
+                             f"module of the audio encoder ({self.family.audio_encoder})")
         if self.rank == 0:
             trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-            logger.info("LoRA r=%d alpha=%s on %d modules of the language model, %d trainable parameters",
-                        self.model_config.lora_rank, self.model_config.lora_alpha, len(adapted), trainable)
+            logger.info("LoRA r=%d alpha=%s on %d modules (%d in the audio encoder), %d trainable parameters",
+                        self.model_config.lora_rank, self.model_config.lora_alpha, len(adapted), len(in_audio),
+                        trainable)
         return module
 
     def _merged_lora_per_tensor_param(self) -> Any:

@@ -12,7 +12,9 @@ Adapters stay on the language model: verl's default ``target_modules="all-linear
 model's projections (``default_targets``; peft's own all-linear also takes the encoders' linears, and on the
 Qwen3-Omni thinker it fails on a vision block's ``mlp.0`` leaf name), and the encoders' modules are excluded
 (``encoder_exclusion``), because vLLM applies LoRA to the language model only and the audio-encoder cache
-assumes a fixed encoder.
+assumes a fixed encoder. On request (``model.audio_encoder_lora_targets``, ``with_audio_encoder_targets``) the audio
+encoder's chosen layers get adapters too: the encoder then runs uncached wherever its adapters apply, and vLLM
+receives merged weights (``verl_audio.trainer.lora_setup``).
 """
 
 from __future__ import annotations
@@ -37,9 +39,38 @@ def encoder_paths(family: AudioFamily) -> tuple[str, ...]:
     return tuple(path for path in paths if path)
 
 
-def encoder_exclusion(family: AudioFamily) -> str:
-    """peft ``exclude_modules`` (a regex, full match on module names) that keeps adapters off the encoders."""
-    return "(?:" + "|".join(re.escape(p) for p in encoder_paths(family)) + r")(?:\..*)?"
+def encoder_exclusion(family: AudioFamily, audio_encoder_targets: str | None = None) -> str:
+    """peft ``exclude_modules`` (a regex, full match on module names) that keeps adapters off the encoders, but
+    off those audio-encoder modules whose names relative to the encoder fully match ``audio_encoder_targets``.
+
+    The exclusion, not only ``target_modules``, spares the chosen modules: peft turns a regex target into leaf
+    names for transformers-5 MoE models (``_convert_peft_config_moe``: the Qwen3-Omni thinker), which would then
+    match every encoder layer's ``q_proj`` or ``fc1``."""
+    paths = [p for p in encoder_paths(family) if not (audio_encoder_targets and p == family.audio_encoder)]
+    excluded = "(?:" + "|".join(re.escape(p) for p in paths) + r")(?:\..*)?"
+    if audio_encoder_targets:
+        encoder = re.escape(family.audio_encoder)
+        excluded += rf"|(?!{encoder}\.(?:{audio_encoder_targets})$){encoder}(?:\..*)?"
+    return excluded
+
+
+def with_audio_encoder_targets(family: AudioFamily, targets: str | Iterable[str], encoder_targets: str) -> str:
+    """peft ``target_modules`` (one regex, full match) = ``targets`` outside the audio encoder, plus the audio
+    encoder's modules whose names relative to the encoder fully match ``encoder_targets``.
+
+    ``targets`` as peft takes it: a regex (full match), or names matched as peft matches a list (the whole name or
+    its last dotted parts); either is kept out of the audio encoder, whose own adapters only ``encoder_targets``
+    chooses."""
+    try:
+        re.compile(encoder_targets)
+    except re.error as err:
+        raise ValueError(f"audio_encoder_lora_targets {encoder_targets!r} is no regex: {err}") from None
+    if isinstance(targets, str):
+        outside = targets
+    else:  # peft's list rule: the name is the entry or ends with "." + the entry
+        outside = r"(?:.*\.)?(?:" + "|".join(re.escape(str(t)) for t in targets) + ")"
+    encoder = re.escape(family.audio_encoder)
+    return rf"(?!{encoder}\.)(?:{outside})|{encoder}\.(?:{encoder_targets})"
 
 
 def default_targets(family: AudioFamily) -> str:
@@ -62,10 +93,15 @@ def is_adapter_tensor(name: str) -> bool:
     return _ADAPTER_KEY.fullmatch(name) is not None
 
 
-def modules_in_encoders(family: AudioFamily, modules: Iterable[str]) -> list[str]:
-    """Those of ``modules`` inside one of the family's encoders."""
-    prefixes = tuple(path + "." for path in encoder_paths(family))
+def modules_in_encoders(family: AudioFamily, modules: Iterable[str], keep_audio_encoder: bool = False) -> list[str]:
+    """Those of ``modules`` inside one of the family's encoders (but the audio encoder with ``keep_audio_encoder``)."""
+    prefixes = tuple(p + "." for p in encoder_paths(family) if not (keep_audio_encoder and p == family.audio_encoder))
     return sorted(m for m in modules if m.startswith(prefixes))
+
+
+def modules_in_audio_encoder(family: AudioFamily, modules: Iterable[str]) -> list[str]:
+    """Those of ``modules`` inside the family's audio encoder."""
+    return sorted(m for m in modules if m.startswith(family.audio_encoder + "."))
 
 
 def scaling(r: int, alpha: float, use_rslora: bool = False) -> float:

@@ -7,7 +7,8 @@ tensor under it), and chooses the sync:
 * ``hf`` rollout: the adapters, every step (the server injects LoRA layers and copies them in);
 * ``vllm`` rollout: the adapters, through vLLM's LoRA support, where the family has it (``vllm_lora``) and
   no speech server needs the thinker's weights; otherwise merged weights (verl's ``model.lora.merge=True``),
-  set here and said in the log: vLLM's Qwen2-Audio class has no LoRA, MoE + LoRA needs vLLM's Triton
+  set here and said in the log: vLLM's Qwen2-Audio class has no LoRA, vLLM applies LoRA to the language model
+  only (adapters in the audio encoder, ``model.audio_encoder_lora_targets``), MoE + LoRA needs vLLM's Triton
   experts (absent from its CPU build; untested on GPU here), and the speech server beside vLLM loads full
   weights into its own thinker.
 
@@ -44,12 +45,15 @@ def _family(path: str) -> AudioFamily:
     return family_of_config(AutoConfig.from_pretrained(path))
 
 
-def merge_reason(family: AudioFamily, rollout: str, speech: bool) -> str | None:
+def merge_reason(family: AudioFamily, rollout: str, speech: bool, encoder_adapters: bool = False) -> str | None:
     """Why the rollout cannot take adapters and needs merged weights, or None when it can."""
     if rollout != "vllm":
         return None
     if not family.vllm_lora:
         return f"vLLM has no LoRA path for {family.name} ({family.vllm_lora_note})"
+    if encoder_adapters:
+        return "the audio encoder has adapters (model.audio_encoder_lora_targets) and vLLM applies LoRA to the " \
+               "language model only"
     if speech:
         return "the speech server beside vLLM loads full weights into its own thinker"
     return None
@@ -68,7 +72,8 @@ def configure(config: DictConfig) -> str | None:
     family = _family(str(model.path))
     rollout = config.actor_rollout_ref.rollout
     merge = bool((model.get("lora") or {}).get("merge", False))
-    reason = merge_reason(family, rollout.name, speech_enabled(rollout.get("engine_kwargs")))
+    reason = merge_reason(family, rollout.name, speech_enabled(rollout.get("engine_kwargs")),
+                          encoder_adapters=model.get("audio_encoder_lora_targets") is not None)
     if reason is not None and not merge:
         with open_dict(config):
             if model.get("lora") is None:
