@@ -30,7 +30,7 @@ Presets (``CHOICE_PRESETS``):
 | ``audiomcq`` | 2.0 | 0.5 | | | | | none (AudioMCQ's ms-swift run: ``--reward_weights 2.0 0.5``) |
 | ``soundmind`` | 2.0 | | 1.0 | 1.0 | | | answer needs format (the ALR paper's mix) |
 | ``answer_only`` | 1.0 | | | | | | none |
-| ``tones`` | | | | | 1.0 | 1.0 | ended needs answer (the tone example's shaping) |
+| ``tones`` | | | | | 0.5 | 1.0 | none (the tone example's shaping) |
 
 R1-AQA and AudioMCQ match the extracted answer exactly (R1-AQA case-sensitive, AudioMCQ case-insensitive);
 here ``answer`` is the benchmarks' word match, so training rewards what MMAU / MMAR score. R1-AQA's format
@@ -67,9 +67,9 @@ CHOICE_PRESETS: Mapping[str, RewardMix] = MappingProxyType(
                                components=CHOICE_COMPONENTS),
         "answer_only": RewardMix({"answer": 1.0}, components=CHOICE_COMPONENTS),
         # examples/hear_tones_mcq: each right word earns its share, so "very" and "low" are found one at a time,
-        # and ending the turn earns as much again, but only after a whole right answer
-        "tones": RewardMix({"answer_words": 1.0, "ended": 1.0}, gates={"ended": "answer"},
-                           components=CHOICE_COMPONENTS),
+        # and ending the turn earns half as much whatever was said: gated on a right answer, the end was unlearnt
+        # while the policy filled its budget with answer words (" high high"), which scored the same
+        "tones": RewardMix({"answer_words": 1.0, "ended": 0.5}, components=CHOICE_COMPONENTS),
     }
 )
 DEFAULT_PRESET = "r1_aqa"

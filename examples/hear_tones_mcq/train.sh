@@ -14,7 +14,7 @@
 #   STEPS=200 bash examples/hear_tones_mcq/train.sh trainer.test_freq=5    # extra args: verl/Hydra overrides
 #
 # Environment: OUTPUTS (default outputs), CHOICES (2 or 4), EXPERIMENT (default hear_tones_mcq[4][_ablation]),
-# STEPS (150), BATCH (prompts per step, 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (2; 4 with four
+# STEPS (100), BATCH (prompts per step, 64), N (rollouts per prompt, 8), LR (3e-3), RESPONSE_LENGTH (2; 4 with four
 # choices), ENTROPY (0), SEED (0), MMAU_EVAL
 # (MMAU's evaluation.py; unset: our string_match only). Writes $OUTPUTS/$EXPERIMENT/: tiny_model/, tones/ (annotation
 # files + clips), data/ (parquet), the recipe's outputs (metrics.jsonl, checkpoints/, hf_export/, ...), eval/ (the
@@ -33,7 +33,7 @@ if [[ "$ABLATION" == 1 ]]; then EXP=${EXPERIMENT:-${NAME}_ablation}; SILENT=--si
 else EXP=${EXPERIMENT:-$NAME}; SILENT=; fi
 # the longest answer and <|im_end|>: " high" + end (2 choices); "very" + " low" + end (4)
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-$([[ $CHOICES == 2 ]] && echo 2 || echo 4)}
-STEPS=${STEPS:-150} BATCH=${BATCH:-64} N=${N:-8} LR=${LR:-3e-3}
+STEPS=${STEPS:-100} BATCH=${BATCH:-64} N=${N:-8} LR=${LR:-3e-3}
 ENTROPY=${ENTROPY:-0} SEED=${SEED:-0}
 RUN=$OUTPUTS/$EXP MODEL=$OUTPUTS/$EXP/tiny_model SRC=$OUTPUTS/$EXP/tones DATA=$OUTPUTS/$EXP/data
 start=$(date +%s)
@@ -47,8 +47,9 @@ done
 
 # Why these settings (examples/hear_tones_mcq/README.md has the reasoning):
 # - reward preset `tones`: each right word of the answer earns its share (0 with any word only a wrong choice
-#   has), and ending the turn (end-of-sequence id within the budget) earns as much again once the whole answer
-#   is right; the validation accuracy is the evaluation's scorer on finished answers.
+#   has), and ending the turn (end-of-sequence id within the budget) earns 0.5 whatever was said, so a right
+#   answer that ends beats one that fills the budget (" high high"); the validation accuracy is the
+#   evaluation's scorer on finished answers.
 # - response length: the longest answer and <|im_end|> fit (2 with two choices, 4 with four).
 # - as in examples/hear_tones: the random encoder is trained, lr 3e-3, no KL term, 64 prompts x 8 rollouts,
 #   one optimizer step per batch, rollout log-probs as old log-probs (fp32 on both sides), no padding removal.

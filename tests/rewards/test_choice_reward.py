@@ -67,13 +67,15 @@ def test_presets_compose_the_components() -> None:
     assert score(contract, "low", "soundmind")["score"] == 3.0 and score(contract, "low")["format"] == 1.0
     assert score(tagged, "low", "soundmind")["score"] == 0.0  # answer gated on the contract's format
     assert score(tagged, "low", "answer_only")["score"] == 1.0
-    # tones: a share per right word, the end of the turn only after a whole right answer
-    assert score(" low", "low", "tones", ended=True)["score"] == 2.0
+    # tones: a share per right word, and half as much again for ending the turn, whatever was said
+    assert score(" low", "low", "tones", ended=True)["score"] == 1.5
     assert score(" low", "low", "tones", ended=False)["score"] == 1.0
-    assert score(" low", "very low", "tones", ended=True)["score"] == 0.5
+    assert score(" low", "very low", "tones", ended=True)["score"] == 1.0
     assert score("very", "very low", "tones", ended=False)["score"] == 0.5
-    assert score(" high", "very low", "tones", ended=True)["score"] == 0.0
-    assert score("very low", "very low", "tones", ended=True)["score"] == 2.0
+    assert score(" high", "very low", "tones", ended=True)["score"] == 0.5
+    assert score("", "very low", "tones", ended=True)["score"] == 0.5
+    assert score(" low low", "low", "tones", ended=False)["score"] == 1.0  # less than " low" and the end
+    assert score("very low", "very low", "tones", ended=True)["score"] == 1.5
     # weights replace the preset's for the components named
     assert score(tagged, "low", "r1_aqa", weights={"answer_tag": 0.0})["score"] == 1.0
     assert score(" low", "low", "r1_aqa", weights={"ended": 0.5})["score"] == 1.5
